@@ -1,0 +1,311 @@
+//! The gregor relay: publishes the PostgreSQL outbox to Kafka.
+//!
+//! * **No loss** — a row is deleted only after the broker acknowledged it (acks=all,
+//!   idempotent producer); outages of PostgreSQL or the broker are retried, never dropped.
+//! * **Per-key order** — each key hashes to one of 64 shards; a shard has one owner at a time
+//!   (leases with fencing), rows are produced in id order, and a key whose row failed waits.
+//! * **Several replicas** — relays share the shards fairly and take over a dead one's shards
+//!   once its lease expires.
+//! * **Poison rows** are parked after `max_attempts`, blocking only their own key.
+//!
+//! ```no_run
+//! use gregor_config::Env;
+//! use gregor_relay::{Relay, RelayConfig};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn demo() -> Result<(), gregor_relay::RelayError> {
+//! let config = RelayConfig::from_env(&Env::from_process())?;
+//! let cancel = CancellationToken::new();
+//! Relay::new(config)?.run(cancel).await
+//! # }
+//! ```
+
+mod claim_loop;
+mod config;
+mod error;
+mod http;
+mod lease;
+mod metrics;
+mod publish;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use config::RelayConfig;
+pub use error::RelayError;
+pub use metrics::RelayMetrics;
+
+use claim_loop::{Backoff, ClaimLoop};
+use http::Readiness;
+use lease::Leases;
+use publish::Publisher;
+
+/// One relay replica.
+#[derive(Debug)]
+pub struct Relay {
+    config: RelayConfig,
+    pool: PgPool,
+    publisher: Arc<Publisher>,
+    leases: Arc<Leases>,
+    metrics: RelayMetrics,
+    ready: Arc<Readiness>,
+}
+
+impl Relay {
+    /// Creates the relay. Nothing connects yet: [`Relay::run`] connects, and keeps retrying
+    /// while PostgreSQL or the broker is unreachable.
+    pub fn new(config: RelayConfig) -> Result<Self, RelayError> {
+        config.validate()?;
+        let options: PgConnectOptions = config.database_url.expose().parse().map_err(|e| {
+            gregor_config::ConfigError::invalid("DATABASE_URL", format!("cannot be parsed: {e}"))
+        })?;
+        let options = options.application_name(&format!("gregor-relay {}", config.name));
+        let pool = PgPoolOptions::new()
+            .max_connections(config.db_pool_size)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        let publisher =
+            Arc::new(Publisher::new(&config.kafka).map_err(|e| kafka_config_error(&config, e))?);
+        let metrics = RelayMetrics::new()
+            .map_err(|e| gregor_config::ConfigError::invalid("metrics", e.to_string()))?;
+        Ok(Self {
+            leases: Arc::new(Leases::new(Uuid::new_v4(), config.lease_ttl)),
+            config,
+            pool,
+            publisher,
+            metrics,
+            ready: Arc::new(Readiness::default()),
+        })
+    }
+
+    /// This replica's id (as in `gregor_relay_members` and the lease table).
+    pub fn id(&self) -> Uuid {
+        self.leases.relay_id()
+    }
+
+    /// The metrics this relay records.
+    pub fn metrics(&self) -> &RelayMetrics {
+        &self.metrics
+    }
+
+    /// Runs until `cancel` fires, then finishes the batch in flight (bounded by the shutdown
+    /// timeout), releases its leases and returns.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), RelayError> {
+        self.run_with_http_addr(cancel, |_| {}).await
+    }
+
+    /// Like [`Relay::run`], calling `on_listen` with the bound health/metrics address.
+    pub async fn run_with_http_addr(
+        self,
+        cancel: CancellationToken,
+        on_listen: impl FnOnce(SocketAddr),
+    ) -> Result<(), RelayError> {
+        let background = CancellationToken::new();
+        let mut tasks = Vec::new();
+        if let Some(addr) = self.config.http_addr {
+            let (local, handle) = http::serve(
+                addr,
+                self.metrics.clone(),
+                self.ready.clone(),
+                background.clone(),
+            )
+            .await?;
+            tracing::info!(%local, "serving /healthz, /readyz and /metrics");
+            on_listen(local);
+            tasks.push(handle);
+        }
+        tasks.push(tokio::spawn(status_task(
+            self.pool.clone(),
+            self.publisher.clone(),
+            self.metrics.clone(),
+            self.leases.clone(),
+            self.ready.clone(),
+            background.clone(),
+        )));
+        if !self.migrate_until_ready(&cancel).await {
+            background.cancel();
+            return Ok(());
+        }
+        tracing::info!(relay = %self.id(), name = %self.config.name, "relay started");
+        let wake = Arc::new(Notify::new());
+        tasks.push(tokio::spawn(lease_task(
+            self.pool.clone(),
+            self.leases.clone(),
+            self.config.name.clone(),
+            background.clone(),
+        )));
+        tasks.push(tokio::spawn(listen_task(
+            self.pool.clone(),
+            wake.clone(),
+            background.clone(),
+        )));
+
+        let claim = ClaimLoop {
+            pool: self.pool.clone(),
+            config: self.config.clone(),
+            publisher: self.publisher.clone(),
+            leases: self.leases.clone(),
+            metrics: self.metrics.clone(),
+            wake,
+        };
+        claim.run(&cancel).await;
+
+        tracing::info!("relay stopping: releasing leases");
+        self.publisher.flush(Duration::from_secs(1));
+        background.cancel();
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Err(e) = self.leases.leave(&self.pool).await {
+            tracing::warn!(error = %e, "could not release leases at shutdown; they expire after the lease ttl");
+        }
+        self.pool.close().await;
+        tracing::info!("relay stopped");
+        Ok(())
+    }
+
+    /// Applies the outbox migrations, retrying while the database is unreachable. Returns
+    /// false when cancelled first.
+    async fn migrate_until_ready(&self, cancel: &CancellationToken) -> bool {
+        let mut backoff = Backoff::default();
+        loop {
+            match gregor_outbox::migrate(&self.pool).await {
+                Ok(()) => return true,
+                Err(e) => tracing::warn!(error = %e, "database not ready; retrying"),
+            }
+            backoff.wait(cancel).await;
+            if cancel.is_cancelled() {
+                return false;
+            }
+        }
+    }
+}
+
+/// librdkafka's own config error text includes the value, which may be a secret: keep only
+/// the property and the reason, and name the variable it came from.
+fn kafka_config_error(config: &RelayConfig, error: rdkafka::error::KafkaError) -> RelayError {
+    match error {
+        rdkafka::error::KafkaError::ClientConfig(_, description, property, _value) => {
+            let var = config.kafka.source_of(&property).map_or_else(
+                || format!("KAFKA_{}", property.to_ascii_uppercase().replace('.', "_")),
+                str::to_owned,
+            );
+            gregor_config::ConfigError::invalid(var, description).into()
+        }
+        other => RelayError::Kafka(other),
+    }
+}
+
+/// Renews and rebalances leases every ttl/3 (sooner after an error).
+async fn lease_task(pool: PgPool, leases: Arc<Leases>, name: String, cancel: CancellationToken) {
+    let every = leases_interval(&leases);
+    let mut backoff = Backoff::default();
+    let mut joined = false;
+    while !cancel.is_cancelled() {
+        match leases.tick(&pool, &name, joined).await {
+            Ok(()) => {
+                joined = true;
+                backoff.reset();
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lease renewal failed; retrying");
+                backoff.wait(&cancel).await;
+            }
+        }
+    }
+}
+
+fn leases_interval(leases: &Leases) -> Duration {
+    leases.ttl_for_renewal() / 3
+}
+
+/// Forwards `NOTIFY gregor_outbox` to the claim loop; reconnects after errors (the claim
+/// loop's poll covers anything missed meanwhile).
+async fn listen_task(pool: PgPool, wake: Arc<Notify>, cancel: CancellationToken) {
+    let mut backoff = Backoff::default();
+    while !cancel.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "LISTEN connection failed; polling meanwhile");
+                backoff.wait(&cancel).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(gregor_outbox::NOTIFY_CHANNEL).await {
+            tracing::debug!(error = %e, "LISTEN failed; polling meanwhile");
+            backoff.wait(&cancel).await;
+            continue;
+        }
+        backoff.reset();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                got = listener.try_recv() => match got {
+                    Ok(Some(_)) => wake.notify_one(),
+                    // The connection was lost and will be re-established: wake to catch up.
+                    Ok(None) => wake.notify_one(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "LISTEN connection lost");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Refreshes backlog metrics and readiness every two seconds.
+async fn status_task(
+    pool: PgPool,
+    publisher: Arc<Publisher>,
+    metrics: RelayMetrics,
+    leases: Arc<Leases>,
+    ready: Arc<Readiness>,
+    cancel: CancellationToken,
+) {
+    while !cancel.is_cancelled() {
+        match gregor_outbox::status(&pool).await {
+            Ok(s) => {
+                metrics.backlog.set(s.backlog);
+                metrics.parked.set(s.parked);
+                metrics.oldest_age.set(s.oldest_age_seconds);
+                ready.database.store(true, Ordering::Release);
+            }
+            Err(_) => ready.database.store(false, Ordering::Release),
+        }
+        metrics
+            .leases
+            .set(i64::try_from(leases.count()).unwrap_or(0));
+        let broker = publisher.broker_reachable(Duration::from_secs(2)).await;
+        ready.broker.store(broker, Ordering::Release);
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod send_check {
+    fn is_send<T: Send>(_: T) {}
+
+    /// Compile-time guard: the relay future can be spawned on a multi-threaded runtime.
+    #[allow(dead_code)]
+    fn relay_future_is_send(relay: super::Relay, cancel: super::CancellationToken) {
+        is_send(relay.run(cancel));
+    }
+}

@@ -1,0 +1,321 @@
+//! Turning outbox rows into Kafka records (CloudEvents binary mode) and producing a batch in
+//! order, with per-key blocking after a failure.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use gregor_config::KafkaSettings;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use crate::store::{FailedRow, OutboxRow};
+
+/// Producer settings the relay starts from; `KAFKA_*` variables override them, except that
+/// validation refuses weakening idempotence or acks.
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("client.id", "gregor-relay"),
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    // Java's default partitioner: a key lands on the same partition as from a JVM producer.
+    ("partitioner", "murmur2_random"),
+    ("linger.ms", "5"),
+    ("message.timeout.ms", "30000"),
+    ("queue.buffering.max.messages", "200000"),
+];
+
+/// How a failed publish counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The broker or network may recover: retry without counting an attempt.
+    Transient,
+    /// This row will not be accepted as it is: count an attempt, park after the limit.
+    Permanent,
+}
+
+/// Classifies a librdkafka error code.
+pub(crate) fn classify(code: RDKafkaErrorCode) -> Failure {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::MessageSizeTooLarge
+        | C::InvalidTopic
+        | C::UnknownTopic
+        | C::UnknownTopicOrPartition
+        | C::UnknownPartition
+        | C::TopicAuthorizationFailed
+        | C::InvalidRecord
+        | C::InvalidMessage
+        | C::InvalidMessageSize
+        | C::MessageBatchTooLarge
+        | C::InvalidArgument => Failure::Permanent,
+        _ => Failure::Transient,
+    }
+}
+
+/// What happened to one batch.
+#[derive(Debug, Default)]
+pub(crate) struct BatchOutcome {
+    /// Rows the broker acknowledged, with their commit-to-ack latency in seconds.
+    pub(crate) acked: Vec<(i64, f64)>,
+    /// Rows that failed.
+    pub(crate) failed: Vec<FailedRow>,
+    /// Rows not attempted because an earlier row of their key failed in this pass.
+    pub(crate) skipped: usize,
+}
+
+/// A record handed to librdkafka: row id, key, enqueue time, delivery.
+type Pending = (i64, Option<Vec<u8>>, chrono::DateTime<Utc>, DeliveryFuture);
+
+/// Wraps the idempotent producer.
+pub(crate) struct Publisher {
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub(crate) fn new(kafka: &KafkaSettings) -> Result<Self, KafkaError> {
+        let producer = kafka.client_config(PRODUCER_DEFAULTS).create()?;
+        Ok(Self { producer })
+    }
+
+    /// Checks that the broker answers a metadata request.
+    pub(crate) async fn broker_reachable(&self, timeout: Duration) -> bool {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Waits (up to `timeout`) for everything queued to reach the broker.
+    pub(crate) fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "producer flush at shutdown did not complete");
+        }
+    }
+
+    /// Produces `rows` in order and waits for every acknowledgement.
+    ///
+    /// `blocked` holds keys with a failed row earlier in this scan pass: their later rows are
+    /// skipped (left in the outbox) so that the key's order survives the retry.
+    pub(crate) async fn publish(
+        &self,
+        rows: Vec<OutboxRow>,
+        blocked: &mut HashSet<Vec<u8>>,
+    ) -> BatchOutcome {
+        let mut outcome = BatchOutcome::default();
+        let mut pending: Vec<Pending> = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.key.as_ref().is_some_and(|k| blocked.contains(k)) {
+                outcome.skipped += 1;
+                continue;
+            }
+            if let Err(e) = gregor_outbox::validate_topic(&row.topic) {
+                block(blocked, &row.key);
+                outcome.failed.push(FailedRow {
+                    id: row.id,
+                    error: e.to_string(),
+                    counts: true,
+                });
+                continue;
+            }
+            match self.enqueue(&row).await {
+                Ok(future) => pending.push((row.id, row.key, row.created_at, future)),
+                Err(e) => {
+                    block(blocked, &row.key);
+                    outcome.failed.push(failed_row(row.id, &e));
+                }
+            }
+        }
+        for (id, key, created_at, future) in pending {
+            match future.await {
+                Ok(Ok(_)) => {
+                    let latency = (Utc::now() - created_at).as_seconds_f64().max(0.0);
+                    outcome.acked.push((id, latency));
+                }
+                Ok(Err((e, _))) => {
+                    block(blocked, &key);
+                    outcome.failed.push(failed_row(id, &e));
+                }
+                Err(_cancelled) => {
+                    block(blocked, &key);
+                    outcome.failed.push(FailedRow {
+                        id,
+                        error: "delivery was cancelled (producer closed)".into(),
+                        counts: false,
+                    });
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Hands one record to librdkafka, waiting while its queue is full.
+    async fn enqueue(&self, row: &OutboxRow) -> Result<DeliveryFuture, KafkaError> {
+        let headers = cloudevents_headers(row);
+        let mut record = FutureRecord::<[u8], [u8]>::to(&row.topic).headers(headers);
+        if let Some(key) = &row.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &row.payload {
+            record = record.payload(payload.as_slice());
+        }
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            match self.producer.send_result(record) {
+                Ok(future) => return Ok(future),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // librdkafka's queue drains as acknowledgements arrive.
+                    record = back;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+}
+
+fn block(blocked: &mut HashSet<Vec<u8>>, key: &Option<Vec<u8>>) {
+    if let Some(k) = key {
+        blocked.insert(k.clone());
+    }
+}
+
+fn failed_row(id: i64, error: &KafkaError) -> FailedRow {
+    let counts = error
+        .rdkafka_error_code()
+        .is_some_and(|c| classify(c) == Failure::Permanent);
+    FailedRow {
+        id,
+        error: error.to_string(),
+        counts,
+    }
+}
+
+/// CloudEvents Kafka binding, binary mode, plus W3C trace context and the row's own headers.
+pub(crate) fn cloudevents_headers(row: &OutboxRow) -> OwnedHeaders {
+    let time = row.created_at.to_rfc3339_opts(SecondsFormat::Micros, true);
+    let event_id = row.event_id.to_string();
+    let content_type = row
+        .content_type
+        .as_deref()
+        .unwrap_or("application/octet-stream");
+    let mut headers = OwnedHeaders::new_with_capacity(8 + row.header_names.len())
+        .insert(Header {
+            key: "ce_specversion",
+            value: Some("1.0"),
+        })
+        .insert(Header {
+            key: "ce_id",
+            value: Some(event_id.as_str()),
+        })
+        .insert(Header {
+            key: "ce_type",
+            value: Some(row.event_type.as_str()),
+        })
+        .insert(Header {
+            key: "ce_source",
+            value: Some(row.event_source.as_str()),
+        })
+        .insert(Header {
+            key: "ce_time",
+            value: Some(time.as_str()),
+        })
+        .insert(Header {
+            key: "content-type",
+            value: Some(content_type),
+        });
+    if let Some(tp) = &row.traceparent {
+        headers = headers.insert(Header {
+            key: "traceparent",
+            value: Some(tp.as_str()),
+        });
+    }
+    if let Some(ts) = &row.tracestate {
+        headers = headers.insert(Header {
+            key: "tracestate",
+            value: Some(ts.as_str()),
+        });
+    }
+    for (name, value) in row.header_names.iter().zip(&row.header_values) {
+        headers = headers.insert(Header {
+            key: name.as_str(),
+            value: Some(value.as_slice()),
+        });
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::Headers;
+
+    use super::*;
+
+    #[test]
+    fn headers_follow_the_wire_contract() {
+        let row = OutboxRow {
+            id: 1,
+            shard: 0,
+            event_id: uuid::Uuid::now_v7(),
+            topic: "orders".into(),
+            key: Some(b"k".to_vec()),
+            payload: None,
+            header_names: vec!["tenant".into()],
+            header_values: vec![vec![0, 159, 146, 150]],
+            event_type: "order.placed".into(),
+            event_source: "/orders".into(),
+            content_type: None,
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: None,
+            created_at: Utc::now(),
+        };
+        let headers = cloudevents_headers(&row);
+        let names: Vec<&str> = headers.iter().map(|h| h.key).collect();
+        assert_eq!(
+            names,
+            [
+                "ce_specversion",
+                "ce_id",
+                "ce_type",
+                "ce_source",
+                "ce_time",
+                "content-type",
+                "traceparent",
+                "tenant"
+            ]
+        );
+        let tenant = headers
+            .iter()
+            .find(|h| h.key == "tenant")
+            .and_then(|h| h.value);
+        assert_eq!(
+            tenant,
+            Some(&[0u8, 159, 146, 150][..]),
+            "binary header values survive"
+        );
+    }
+
+    #[test]
+    fn size_and_topic_errors_are_permanent_broker_trouble_is_not() {
+        assert_eq!(
+            classify(RDKafkaErrorCode::MessageSizeTooLarge),
+            Failure::Permanent
+        );
+        assert_eq!(classify(RDKafkaErrorCode::InvalidTopic), Failure::Permanent);
+        assert_eq!(
+            classify(RDKafkaErrorCode::MessageTimedOut),
+            Failure::Transient
+        );
+        assert_eq!(
+            classify(RDKafkaErrorCode::BrokerTransportFailure),
+            Failure::Transient
+        );
+    }
+}
