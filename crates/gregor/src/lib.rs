@@ -1,0 +1,15 @@
+//! gregor: event-driven services on Kafka without losing events.
+//!
+//! One dependency for services. Today it re-exports the outbox (write events in your own
+//! transaction) and the shared configuration types; the consumer runtime joins here.
+//!
+//! ```
+//! use gregor::outbox::OutboxMessage;
+//!
+//! let event = OutboxMessage::new("orders", "order.placed", "/orders").key("42");
+//! assert!(event.validate().is_ok());
+//! ```
+
+pub use gregor_config as config;
+pub use gregor_outbox as outbox;
+pub use gregor_outbox::{OutboxError, OutboxMessage, enqueue, enqueue_batch};
