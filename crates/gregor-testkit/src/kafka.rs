@@ -1,0 +1,234 @@
+//! Topics and reading messages back from the broker.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// One message read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Partition it was in.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Payload bytes (`None` for a tombstone).
+    pub payload: Option<Vec<u8>>,
+    /// Headers in order (value `None` for a null header).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Received {
+    /// The first header named `name`, as UTF-8.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_ref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Creates `topic` with `partitions` partitions on the shared broker.
+pub async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
+    create_topic_on(&crate::kafka_bootstrap()?, topic, partitions).await
+}
+
+/// Creates `topic` on the broker at `bootstrap`.
+pub async fn create_topic_on(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .with_context(|| format!("cannot create topic {topic} on {bootstrap}"))?;
+    for result in results {
+        if let Err((name, code)) = result {
+            bail!("creating topic {name} failed: {code}");
+        }
+    }
+    Ok(())
+}
+
+/// Reads `topic` from the beginning of every partition until `expected` messages arrived,
+/// failing after `timeout`. Reading each partition (rather than trusting high watermarks)
+/// counts exactly; see DESIGN §5 on nisshi's ListOffsets.
+pub async fn read_topic(
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Received>> {
+    read_topic_on(&crate::kafka_bootstrap()?, topic, expected, timeout).await
+}
+
+/// [`read_topic`] against the broker at `bootstrap`.
+pub async fn read_topic_on(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Received>> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || read_blocking(&bootstrap, &topic, expected, timeout))
+        .await?
+}
+
+fn read_blocking(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Received>> {
+    let consumer = assigned_consumer(bootstrap, topic, partition_count(bootstrap, topic)?)?;
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::with_capacity(expected);
+    let mut seen: HashMap<(i32, i64), ()> = HashMap::new();
+    while out.len() < expected {
+        if Instant::now() >= deadline {
+            bail!(
+                "read {} of {expected} expected messages from {topic} within {timeout:?}",
+                out.len()
+            );
+        }
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let msg = to_received(&result?);
+        if seen.insert((msg.partition, msg.offset), ()).is_some() {
+            continue;
+        }
+        out.push(msg);
+    }
+    Ok(out)
+}
+
+/// The header that marks [`read_to_end`]'s end-of-partition markers.
+pub const MARKER_HEADER: &str = "gregor-test-end-marker";
+
+/// Reads every message of `topic` written before this call returns: it appends an end
+/// marker to each partition (acknowledged by the broker), then reads every partition until
+/// its marker. Markers are not returned. Call it once every writer has stopped.
+pub async fn read_to_end(topic: &str, timeout: Duration) -> anyhow::Result<Vec<Received>> {
+    read_to_end_on(&crate::kafka_bootstrap()?, topic, timeout).await
+}
+
+/// [`read_to_end`] against the broker at `bootstrap`.
+pub async fn read_to_end_on(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Received>> {
+    use rdkafka::message::OwnedHeaders;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let partitions = partition_count(bootstrap, topic)?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .create()?;
+    let marker = crate::unique_name("marker");
+    for p in 0..partitions {
+        let headers = OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: MARKER_HEADER,
+            value: Some(marker.as_str()),
+        });
+        producer
+            .send(
+                FutureRecord::<(), [u8]>::to(topic)
+                    .partition(p)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("cannot write the end marker to {topic}/{p}: {e}"))?;
+    }
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer = assigned_consumer(&bootstrap, &topic, partitions)?;
+        let deadline = Instant::now() + timeout;
+        let mut open: std::collections::HashSet<i32> = (0..partitions).collect();
+        let mut out = Vec::new();
+        while !open.is_empty() {
+            if Instant::now() >= deadline {
+                bail!("partitions {open:?} of {topic} did not reach their end marker within {timeout:?}");
+            }
+            let Some(result) = consumer.poll(Duration::from_millis(100)) else { continue };
+            let msg = to_received(&result?);
+            if msg.header(MARKER_HEADER).as_deref() == Some(marker.as_str()) {
+                open.remove(&msg.partition);
+            } else if msg.header(MARKER_HEADER).is_none() {
+                out.push(msg);
+            }
+        }
+        Ok(out)
+    })
+    .await?
+}
+
+fn partition_count(bootstrap: &str, topic: &str) -> anyhow::Result<i32> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let n = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+        .sum::<usize>();
+    if n == 0 {
+        bail!("topic {topic} has no partitions on {bootstrap}");
+    }
+    Ok(i32::try_from(n)?)
+}
+
+fn assigned_consumer(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<BaseConsumer> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", crate::unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+fn to_received(msg: &rdkafka::message::BorrowedMessage<'_>) -> Received {
+    let headers = msg
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Received {
+        partition: msg.partition(),
+        offset: msg.offset(),
+        key: msg.key().map(<[u8]>::to_vec),
+        payload: msg.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
