@@ -1,0 +1,34 @@
+//! `gregor-bench`: benchmark programs. Every scenario prints its figure beside a baseline
+//! measured in the same run, and ends with one JSON line
+//! `{"scenario", "value", "unit", "baseline", "ratio", …}`.
+//!
+//! Needs the services of `scripts/services up` (`DATABASE_URL`, `KAFKA_BOOTSTRAP_SERVERS`) and
+//! release binaries (`cargo build --release --bins`).
+
+#![allow(clippy::print_stdout)]
+
+mod relay;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "gregor-bench", about = "gregor benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Relay drain throughput (1 and 3 replicas) vs a bare producer and bare SQL, latency at a
+    /// steady rate, relay RSS.
+    Relay(relay::Options),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Relay(options) => relay::run(options).await,
+    }
+}

@@ -1,0 +1,538 @@
+//! `gregor-bench relay`: relay drain throughput with 1 and 3 replicas beside (a) a bare
+//! rdkafka producer sending the same messages from memory and (b) a bare SQL read-and-delete
+//! loop; commit-to-consumer latency at a steady rate beside a bare producer's send-to-ack
+//! latency; the relay's peak RSS.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use gregor_outbox::OutboxMessage;
+use gregor_testkit::{TestDb, kafka, unique_name};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::report::{emit, quantile};
+
+/// Relay benchmark options.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Options {
+    /// Events per drain.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 1024)]
+    payload: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
+    /// Events per second in the latency scenario.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds of steady load in the latency scenario.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Partitions of each topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+}
+
+pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
+    let server = gregor_testkit::database_url()?;
+    let bootstrap = gregor_testkit::kafka_bootstrap()?;
+    let relay_bin = relay_binary()?;
+    println!(
+        "relay benchmark: {} events of {} bytes over {} keys, {} partitions",
+        o.events, o.payload, o.keys, o.partitions
+    );
+
+    let producer_rate = bare_producer(&bootstrap, &o).await?;
+    println!("baseline (a) bare rdkafka producer: {producer_rate:.0} events/s");
+
+    let db = TestDb::create_on(&server, "bench").await?;
+    fill(&db.pool, "unused", &o).await?;
+    let sql_rate = bare_sql_drain(&db.pool, o.events).await?;
+    println!("baseline (b) bare SQL read+delete: {sql_rate:.0} rows/s");
+    let baseline = producer_rate.min(sql_rate);
+
+    let mut peak_rss_kib = 0;
+    for replicas in [1usize, 3] {
+        let topic = unique_name("bench-relay");
+        kafka::create_topic_on(&bootstrap, &topic, o.partitions).await?;
+        fill(&db.pool, &topic, &o).await?;
+        let (rate, rss) = relay_drain(&db, &bootstrap, &relay_bin, replicas, o.events).await?;
+        peak_rss_kib = peak_rss_kib.max(rss);
+        emit(
+            &format!(
+                "relay_drain_{replicas}_replica{}",
+                if replicas == 1 { "" } else { "s" }
+            ),
+            rate,
+            "events/s",
+            baseline,
+            &[
+                ("baseline_producer", json!(producer_rate.round())),
+                ("baseline_sql", json!(sql_rate.round())),
+                ("replicas", json!(replicas)),
+                ("events", json!(o.events)),
+                ("target_ratio", json!(0.7)),
+            ],
+        );
+    }
+
+    let (p50, p99, bare_p50, bare_p99) = latency(&db, &bootstrap, &relay_bin, &o).await?;
+    emit(
+        "relay_latency_p99",
+        p99,
+        "ms",
+        bare_p99,
+        &[
+            ("p50_ms", json!(p50)),
+            ("baseline_p50_ms", json!(bare_p50)),
+            ("rate", json!(o.rate)),
+            ("target_ms", json!(25)),
+            (
+                "measures",
+                json!(
+                    "commit → consumer receipt (upper bound of commit → broker ack); baseline: bare producer send → ack"
+                ),
+            ),
+        ],
+    );
+    let rss_mib = peak_rss_kib as f64 / 1024.0;
+    emit(
+        "relay_rss",
+        rss_mib,
+        "MiB",
+        64.0,
+        &[
+            ("baseline_kind", json!("target")),
+            (
+                "measures",
+                json!("peak VmHWM of any relay process in this run"),
+            ),
+        ],
+    );
+    Ok(())
+}
+
+fn relay_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .context("no parent directory")?
+        .join("gregor-relay");
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release --bins` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn key(i: u64, keys: u64) -> String {
+    format!("key-{:04}", i % keys)
+}
+
+fn producer_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("partitioner", "murmur2_random")
+        .set("queue.buffering.max.messages", "200000");
+    config
+}
+
+/// (a) The same messages from memory through a bare idempotent producer.
+async fn bare_producer(bootstrap: &str, o: &Options) -> anyhow::Result<f64> {
+    let topic = unique_name("bench-bare");
+    kafka::create_topic_on(bootstrap, &topic, o.partitions).await?;
+    let producer: FutureProducer = producer_config(bootstrap).create()?;
+    let payload = vec![b'x'; o.payload];
+    let keys: Vec<String> = (0..o.events).map(|i| key(i, o.keys)).collect();
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(10_000);
+    for k in &keys {
+        let mut record = FutureRecord::to(&topic)
+            .key(k.as_str())
+            .payload(payload.as_slice());
+        loop {
+            match producer.send_result(record) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((_, back)) => {
+                    record = back;
+                    // Queue full: wait for the oldest deliveries.
+                    for f in pending.drain(..) {
+                        f.await?.map_err(|(e, _)| e)?;
+                    }
+                }
+            }
+        }
+        if pending.len() >= 10_000 {
+            for f in pending.drain(..) {
+                f.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for f in pending {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(o.events as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Fills the outbox through the library's batch enqueue.
+async fn fill(pool: &PgPool, topic: &str, o: &Options) -> anyhow::Result<()> {
+    let payload = vec![b'x'; o.payload];
+    let mut i = 0;
+    while i < o.events {
+        let end = (i + 5000).min(o.events);
+        let mut tx = pool.begin().await?;
+        gregor_outbox::enqueue_batch(
+            &mut tx,
+            (i..end).map(|n| {
+                OutboxMessage::new(topic, "bench", "/bench")
+                    .key(key(n, o.keys))
+                    .payload(payload.clone())
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        i = end;
+    }
+    sqlx::query("VACUUM ANALYZE gregor_outbox")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// id, key, payload of a drained row.
+type DrainedRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// (b) The fastest bare SQL drain: delete-returning in id order, each batch starting after the
+/// last id of the previous one.
+async fn bare_sql_drain(pool: &PgPool, events: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut after: i64 = 0;
+    let mut drained = 0u64;
+    loop {
+        let rows: Vec<DrainedRow> = sqlx::query_as(
+            "DELETE FROM gregor_outbox WHERE id IN (
+                 SELECT id FROM gregor_outbox WHERE id > $1 ORDER BY id LIMIT 1000)
+             RETURNING id, key, payload",
+        )
+        .bind(after)
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = rows.iter().map(|r| r.0).max() else {
+            break;
+        };
+        after = last;
+        drained += rows.len() as u64;
+    }
+    if drained != events {
+        bail!("bare SQL drained {drained} rows, expected {events}");
+    }
+    Ok(drained as f64 / started.elapsed().as_secs_f64())
+}
+
+struct RelayProc(Child);
+
+impl RelayProc {
+    /// SIGTERM and wait: the relay releases its leases and leaves.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_relay(
+    bin: &PathBuf,
+    db: &TestDb,
+    bootstrap: &str,
+    name: &str,
+) -> anyhow::Result<RelayProc> {
+    let child = Command::new(bin)
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("GREGOR_RELAY_NAME", name)
+        .env("GREGOR_RELAY_HTTP_ADDR", "off")
+        .env("GREGOR_RELAY_LEASE_TTL_MS", "3000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    Ok(RelayProc(child))
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+async fn poll<F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<Instant>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tick.tick().await;
+        if check().await? {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+    }
+}
+
+/// Forgets replicas of earlier scenarios (their heartbeats would shrink the fair share).
+async fn reset_leases(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("UPDATE gregor_relay_leases SET owner = NULL, expires_at = '-infinity'")
+        .execute(pool)
+        .await?;
+    sqlx::query("DELETE FROM gregor_relay_members")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Drain time from the first lease taken to an empty outbox.
+async fn relay_drain(
+    db: &TestDb,
+    bootstrap: &str,
+    bin: &PathBuf,
+    replicas: usize,
+    events: u64,
+) -> anyhow::Result<(f64, u64)> {
+    reset_leases(&db.pool).await?;
+    let procs: Vec<RelayProc> = (0..replicas)
+        .map(|i| spawn_relay(bin, db, bootstrap, &format!("bench-{i}")))
+        .collect::<Result<_, _>>()?;
+    let pool = &db.pool;
+    let started = poll(
+        Duration::from_secs(30),
+        "a relay to take a lease",
+        || async {
+            Ok(sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM gregor_relay_leases WHERE owner IS NOT NULL)",
+            )
+            .fetch_one(pool)
+            .await?)
+        },
+    )
+    .await?;
+    let done = poll(Duration::from_secs(600), "the outbox to drain", || async {
+        Ok(
+            !sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM gregor_outbox)")
+                .fetch_one(pool)
+                .await?,
+        )
+    })
+    .await?;
+    let rss = procs
+        .iter()
+        .map(|p| peak_rss_kib(p.0.id()))
+        .max()
+        .unwrap_or(0);
+    for p in procs {
+        p.stop();
+    }
+    Ok((events as f64 / (done - started).as_secs_f64(), rss))
+}
+
+/// Steady load: single-event transactions at `rate`; latency from just before COMMIT to the
+/// consumer's receipt. Baseline: a bare producer's send → ack at the same rate.
+async fn latency(
+    db: &TestDb,
+    bootstrap: &str,
+    bin: &PathBuf,
+    o: &Options,
+) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let topic = unique_name("bench-latency");
+    kafka::create_topic_on(bootstrap, &topic, o.partitions).await?;
+    reset_leases(&db.pool).await?;
+    let relay = spawn_relay(bin, db, bootstrap, "bench-latency")?;
+    let pool = &db.pool;
+    poll(
+        Duration::from_secs(30),
+        "the relay to hold every lease",
+        || async {
+            Ok(sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM gregor_relay_leases WHERE owner IS NOT NULL",
+            )
+            .fetch_one(pool)
+            .await?
+                == 64)
+        },
+    )
+    .await?;
+
+    let total = o.rate * o.seconds;
+    let committed: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+    let reader = {
+        let (bootstrap, topic, committed) =
+            (bootstrap.to_owned(), topic.clone(), committed.clone());
+        let partitions = o.partitions;
+        tokio::task::spawn_blocking(move || {
+            read_latencies(&bootstrap, &topic, partitions, total, &committed)
+        })
+    };
+    let writers = 4u64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (pool, topic, committed) = (db.pool.clone(), topic.clone(), committed.clone());
+        let per_writer = total / writers;
+        let period = Duration::from_micros(1_000_000 * writers / o.rate.max(1));
+        let payload = vec![b'x'; o.payload];
+        let keys = o.keys;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            for i in 0..per_writer {
+                tick.tick().await;
+                let mut tx = pool.begin().await?;
+                let id = gregor_outbox::enqueue(
+                    &mut tx,
+                    OutboxMessage::new(&topic, "bench", "/bench")
+                        .key(key(i * writers + w, keys))
+                        .payload(payload.clone()),
+                )
+                .await?;
+                committed
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .insert(id, Instant::now());
+                tx.commit().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mut samples = reader.await??;
+    relay.stop();
+    let p50 = quantile(&mut samples, 500);
+    let p99 = quantile(&mut samples, 990);
+
+    // Baseline: bare producer at the same rate.
+    let producer: FutureProducer = producer_config(bootstrap).create()?;
+    let bare_topic = unique_name("bench-latency-bare");
+    kafka::create_topic_on(bootstrap, &bare_topic, o.partitions).await?;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / o.rate.max(1)));
+    let mut acks = Vec::new();
+    let payload = vec![b'x'; o.payload];
+    for i in 0..total {
+        tick.tick().await;
+        let sent = Instant::now();
+        let k = key(i, o.keys);
+        let delivery = producer
+            .send_result(
+                FutureRecord::to(&bare_topic)
+                    .key(k.as_str())
+                    .payload(payload.as_slice()),
+            )
+            .map_err(|(e, _)| e)?;
+        acks.push(tokio::spawn(async move {
+            delivery
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|_| sent.elapsed().as_secs_f64() * 1000.0)
+        }));
+    }
+    let mut bare = Vec::new();
+    for a in acks {
+        if let Some(ms) = a.await? {
+            bare.push(ms);
+        }
+    }
+    producer.flush(Duration::from_secs(10))?;
+    Ok((p50, p99, quantile(&mut bare, 500), quantile(&mut bare, 990)))
+}
+
+fn read_latencies(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    total: u64,
+    committed: &Mutex<HashMap<Uuid, Instant>>,
+) -> anyhow::Result<Vec<f64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("bench-latency"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut samples = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut seen = std::collections::HashSet::new();
+    while (seen.len() as u64) < total && Instant::now() < deadline {
+        let Some(msg) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let msg = msg?;
+        let received = Instant::now();
+        let Some(id) = msg
+            .headers()
+            .and_then(|h| h.iter().find(|x| x.key == "ce_id").and_then(|x| x.value))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<Uuid>().ok())
+        else {
+            continue;
+        };
+        if !seen.insert(id) {
+            continue;
+        }
+        let at = committed
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .get(&id)
+            .copied();
+        if let Some(at) = at {
+            samples.push(received.saturating_duration_since(at).as_secs_f64() * 1000.0);
+        }
+    }
+    if (seen.len() as u64) < total {
+        bail!("latency reader saw {} of {total} events", seen.len());
+    }
+    Ok(samples)
+}
