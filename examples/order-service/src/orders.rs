@@ -1,0 +1,151 @@
+//! Placing orders: the order row, the customer's order count and the event commit together.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use gregor::outbox::OutboxMessage;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The `order.placed` event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct OrderPlaced {
+    pub(crate) order_id: Uuid,
+    pub(crate) customer: String,
+    /// The customer's n-th order: consumers can check per-customer order.
+    pub(crate) customer_seq: i64,
+    pub(crate) amount_cents: i64,
+}
+
+pub(crate) async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    gregor::outbox::migrate(pool).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS customers (id TEXT PRIMARY KEY, orders BIGINT NOT NULL DEFAULT 0);
+         CREATE TABLE IF NOT EXISTS orders (
+             id UUID PRIMARY KEY, customer TEXT NOT NULL, customer_seq BIGINT NOT NULL,
+             amount_cents BIGINT NOT NULL, placed_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Places one order and enqueues its event in the same transaction.
+pub(crate) async fn place(
+    pool: &PgPool,
+    topic: &str,
+    customer: &str,
+    amount_cents: i64,
+) -> anyhow::Result<OrderPlaced> {
+    let mut tx = pool.begin().await?;
+    // The customer row lock orders this customer's transactions: their events keep that order.
+    let customer_seq: i64 = sqlx::query_scalar(
+        "INSERT INTO customers (id, orders) VALUES ($1, 1)
+         ON CONFLICT (id) DO UPDATE SET orders = customers.orders + 1 RETURNING orders",
+    )
+    .bind(customer)
+    .fetch_one(&mut *tx)
+    .await?;
+    let event = OrderPlaced {
+        order_id: Uuid::now_v7(),
+        customer: customer.to_owned(),
+        customer_seq,
+        amount_cents,
+    };
+    sqlx::query(
+        "INSERT INTO orders (id, customer, customer_seq, amount_cents) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(event.order_id)
+    .bind(customer)
+    .bind(customer_seq)
+    .bind(amount_cents)
+    .execute(&mut *tx)
+    .await?;
+    gregor::enqueue(
+        &mut tx,
+        OutboxMessage::json(topic, "order.placed", "/examples/order-service", &event)?
+            .key(customer),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(event)
+}
+
+#[derive(Debug, Deserialize)]
+struct PlaceOrder {
+    customer: String,
+    amount_cents: i64,
+}
+
+#[derive(Clone)]
+struct AppState {
+    pool: PgPool,
+    topic: String,
+}
+
+pub(crate) async fn serve(pool: PgPool, topic: String, addr: SocketAddr) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/orders", post(place_order))
+        .with_state(AppState { pool, topic });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!(
+        "order-service listening on http://{}",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn place_order(
+    State(state): State<AppState>,
+    Json(req): Json<PlaceOrder>,
+) -> Result<(StatusCode, Json<OrderPlaced>), (StatusCode, String)> {
+    if req.customer.trim().is_empty() || req.amount_cents <= 0 {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "customer and a positive amount_cents are required".into(),
+        ));
+    }
+    place(&state.pool, &state.topic, &req.customer, req.amount_cents)
+        .await
+        .map(|o| (StatusCode::CREATED, Json(o)))
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+}
+
+pub(crate) async fn generate(
+    pool: &PgPool,
+    topic: &str,
+    orders: u64,
+    rate: u64,
+    customers: u32,
+) -> anyhow::Result<()> {
+    let rate = rate.max(1);
+    let started = Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut last_report = Instant::now();
+    for n in 1..=orders {
+        pace.tick().await;
+        let (customer, amount) = {
+            let mut rng = rand::rng();
+            (
+                format!("customer-{:03}", rng.random_range(0..customers.max(1))),
+                rng.random_range(100..100_000),
+            )
+        };
+        place(pool, topic, &customer, amount).await?;
+        if last_report.elapsed() >= Duration::from_secs(1) || n == orders {
+            last_report = Instant::now();
+            println!(
+                "order-service: placed {n}/{orders} orders ({:.0}/s)",
+                n as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}

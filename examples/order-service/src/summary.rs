@@ -1,0 +1,107 @@
+//! Reads the order topic back and checks it against the database.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sqlx::PgPool;
+
+use crate::orders::OrderPlaced;
+
+pub(crate) async fn run(
+    pool: &PgPool,
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let placed: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(pool)
+        .await?;
+    let expected = usize::try_from(placed)?;
+    let (bootstrap, topic_owned) = (bootstrap.to_owned(), topic.to_owned());
+    let events =
+        tokio::task::spawn_blocking(move || read(&bootstrap, &topic_owned, expected, timeout))
+            .await??;
+
+    let mut ids = HashSet::new();
+    let mut duplicates = 0usize;
+    let mut last_seq: HashMap<String, i64> = HashMap::new();
+    let mut out_of_order = 0usize;
+    let mut with_headers = 0usize;
+    for (event, headers_ok) in &events {
+        if !ids.insert(event.order_id) {
+            duplicates += 1;
+            continue;
+        }
+        with_headers += usize::from(*headers_ok);
+        let prev = last_seq
+            .insert(event.customer.clone(), event.customer_seq)
+            .unwrap_or(0);
+        if event.customer_seq != prev + 1 {
+            out_of_order += 1;
+        }
+    }
+    println!("summary for topic {topic}:");
+    println!("  orders placed (database):      {placed}");
+    println!("  distinct events read (Kafka):  {}", ids.len());
+    println!("  duplicate copies:              {duplicates}");
+    println!("  customers (keys):              {}", last_seq.len());
+    println!("  events with CloudEvents headers: {with_headers}");
+    println!("  per-customer order violations: {out_of_order}");
+    let ok = ids.len() == expected && out_of_order == 0 && with_headers == ids.len();
+    println!(
+        "  result: {}",
+        if ok {
+            "OK — nothing lost, order kept"
+        } else {
+            "MISMATCH"
+        }
+    );
+    anyhow::ensure!(ok, "the topic does not match the orders placed");
+    Ok(())
+}
+
+/// Reads until `expected` distinct orders arrived (per partition, in offset order).
+fn read(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(OrderPlaced, bool)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("order-summary-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    let mut events = Vec::new();
+    let mut distinct = HashSet::new();
+    while distinct.len() < expected && Instant::now() < deadline {
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let msg = msg?;
+        let event: OrderPlaced = serde_json::from_slice(msg.payload().unwrap_or_default())?;
+        let headers_ok = msg.headers().is_some_and(|h| {
+            ["ce_id", "ce_type", "ce_source", "ce_time", "ce_specversion"]
+                .iter()
+                .all(|name| h.iter().any(|x| x.key == *name))
+        });
+        distinct.insert(event.order_id);
+        events.push((event, headers_ok));
+    }
+    Ok(events)
+}
