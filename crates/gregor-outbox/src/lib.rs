@@ -38,7 +38,7 @@ pub use admin::{OutboxStatus, ParkedRow, Requeue, parked, requeue, status};
 pub use enqueue::{enqueue, enqueue_batch};
 pub use error::{OutboxError, is_retryable_sqlx};
 pub use message::{OutboxMessage, RESERVED_HEADERS, validate_topic};
-pub use migrate::migrate;
+pub use migrate::{apply_migrations, migrate};
 pub use shard::{SHARDS, shard_of};
 pub use trace::current_trace_context;
 

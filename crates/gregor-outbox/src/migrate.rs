@@ -14,6 +14,16 @@ const LOCK_KEY: i64 = 0x6772_6567_6f72; // "gregor"
 /// Brings the outbox schema up to date in one transaction. Safe to call from many
 /// processes at once: a transaction-level advisory lock serialises them.
 pub async fn migrate(pool: &PgPool) -> Result<(), OutboxError> {
+    apply_migrations(pool, MIGRATIONS).await
+}
+
+/// Applies `(version, name, sql)` migrations not yet recorded in `gregor_schema_migrations`,
+/// in one transaction under the same advisory lock. Other gregor crates (the consumer's
+/// dedupe inbox) keep their own version ranges: outbox 1–999, inbox 1001–1999.
+pub async fn apply_migrations(
+    pool: &PgPool,
+    migrations: &[(i32, &'static str, &'static str)],
+) -> Result<(), OutboxError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(LOCK_KEY)
@@ -30,7 +40,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), OutboxError> {
     let applied: Vec<i32> = sqlx::query_scalar("SELECT version FROM gregor_schema_migrations")
         .fetch_all(&mut *tx)
         .await?;
-    for &(version, name, sql) in MIGRATIONS {
+    for &(version, name, sql) in migrations {
         if applied.contains(&version) {
             continue;
         }
@@ -46,7 +56,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), OutboxError> {
             .execute(&mut *tx)
             .await
             .map_err(fail)?;
-        tracing::info!(version, name, "applied outbox migration");
+        tracing::info!(version, name, "applied gregor migration");
     }
     tx.commit().await?;
     Ok(())
