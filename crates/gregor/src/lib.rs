@@ -1,7 +1,8 @@
 //! gregor: event-driven services on Kafka without losing events.
 //!
-//! One dependency for services. Today it re-exports the outbox (write events in your own
-//! transaction) and the shared configuration types; the consumer runtime joins here.
+//! One dependency for services: the outbox (write events in your own transaction), the
+//! consumer runtime (typed handlers, dedupe inbox, retry topics, dead letters) and the shared
+//! configuration types.
 //!
 //! ```
 //! use gregor::outbox::OutboxMessage;
@@ -11,5 +12,6 @@
 //! ```
 
 pub use gregor_config as config;
+pub use gregor_consumer as consumer;
 pub use gregor_outbox as outbox;
 pub use gregor_outbox::{OutboxError, OutboxMessage, enqueue, enqueue_batch};

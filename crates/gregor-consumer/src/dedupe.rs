@@ -1,0 +1,80 @@
+//! The dedupe inbox (`gregor_inbox`): one row per (consumer group, dedupe key) whose
+//! effects committed, written in the handler's own transaction.
+
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use gregor_wire::headers;
+
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1001, "inbox", include_str!("../migrations/1001_inbox.sql"))];
+
+/// Creates or updates the inbox table (safe to run from many processes at once).
+pub async fn migrate(pool: &PgPool) -> Result<(), gregor_outbox::OutboxError> {
+    gregor_outbox::apply_migrations(pool, MIGRATIONS).await
+}
+
+/// The default dedupe key: the `ce_id` header, else the message's original coordinates
+/// (`topic/partition/offset`, from the `gregor-original-*` headers on retried copies).
+pub(crate) fn default_key(msg: &OwnedMessage) -> String {
+    let h = msg.headers();
+    if let Some(id) = headers::get_str(h, headers::CE_ID) {
+        return id.to_owned();
+    }
+    match (
+        headers::get_str(h, headers::ORIGINAL_TOPIC),
+        headers::get_str(h, headers::ORIGINAL_PARTITION),
+        headers::get_str(h, headers::ORIGINAL_OFFSET),
+    ) {
+        (Some(t), Some(p), Some(o)) => format!("{t}/{p}/{o}"),
+        _ => format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset()),
+    }
+}
+
+/// Writes the dedupe row; false when it already exists (a duplicate).
+pub(crate) async fn mark(
+    tx: &mut Transaction<'static, Postgres>,
+    group: &str,
+    key: &str,
+    msg: &OwnedMessage,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO gregor_inbox (consumer_group, dedupe_key, topic, \"partition\", \"offset\")
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(group)
+    .bind(key)
+    .bind(msg.topic())
+    .bind(msg.partition())
+    .bind(msg.offset())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Deletes this group's dedupe rows older than `retention`, in bounded batches; returns how
+/// many went.
+pub async fn cleanup(pool: &PgPool, group: &str, retention: Duration) -> Result<u64, sqlx::Error> {
+    let seconds = retention.as_secs_f64();
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM gregor_inbox WHERE ctid IN (
+                 SELECT ctid FROM gregor_inbox
+                 WHERE consumer_group = $1 AND processed_at < now() - make_interval(secs => $2)
+                 LIMIT 10000)",
+        )
+        .bind(group)
+        .bind(seconds)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < 10_000 {
+            return Ok(total);
+        }
+    }
+}

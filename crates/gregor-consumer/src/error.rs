@@ -1,0 +1,111 @@
+use gregor_config::ConfigError;
+use rdkafka::error::KafkaError;
+
+/// A boxed error from a handler or decoder.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a handler reports when it cannot finish a message.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth trying again later (a database or downstream service hiccup).
+    #[error("{0}")]
+    Retryable(BoxError),
+    /// Will never succeed as is (the event breaks a business rule); dead-lettered at once.
+    #[error("{0}")]
+    Permanent(BoxError),
+}
+
+impl HandlerError {
+    /// A retryable error from anything printable.
+    pub fn retryable(error: impl Into<BoxError>) -> Self {
+        Self::Retryable(error.into())
+    }
+
+    /// A permanent error from anything printable.
+    pub fn permanent(error: impl Into<BoxError>) -> Self {
+        Self::Permanent(error.into())
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable(_))
+    }
+}
+
+/// Database errors inside a handler are retryable unless they are constraint violations of
+/// the handler's own data, which no retry can fix.
+impl From<sqlx::Error> for HandlerError {
+    fn from(e: sqlx::Error) -> Self {
+        if gregor_outbox::is_retryable_sqlx(&e) {
+            return Self::Retryable(Box::new(e));
+        }
+        match &e {
+            sqlx::Error::Database(db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("22") || c.starts_with("23")) =>
+            {
+                Self::Permanent(Box::new(e))
+            }
+            _ => Self::Retryable(Box::new(e)),
+        }
+    }
+}
+
+/// Why a payload could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not what the decoder expects; dead-lettered at once
+    /// (`gregor-error-kind=decode`).
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+    /// The decoder's dependency (a schema registry) is unreachable; retried, never
+    /// dead-lettered for this reason alone.
+    #[error("decoder unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Errors of the consumer runtime itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The broker client failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The dedupe schema could not be applied.
+    #[error("dedupe schema: {0}")]
+    Schema(#[from] gregor_outbox::OutboxError),
+    /// Topics the routes need do not exist.
+    #[error(
+        "missing topics: {} (create them with `gregor topics ensure <topic>`)",
+        .0.join(", ")
+    )]
+    MissingTopics(Vec<String>),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The builder was given no route.
+    #[error("no routes: add at least one with ConsumerBuilder::route")]
+    NoRoutes,
+    /// Two routes for one topic.
+    #[error("topic {0} is routed twice")]
+    DuplicateRoute(String),
+}
+
+impl ConsumerError {
+    /// Whether starting again later may succeed (broker or database down), as opposed to a
+    /// mistake in configuration or code.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Kafka(_) | Self::MissingTopics(_) => true,
+            Self::Database(e) => gregor_outbox::is_retryable_sqlx(e),
+            Self::Schema(e) => e.is_retryable(),
+            Self::Config(_) | Self::Metrics(_) | Self::NoRoutes | Self::DuplicateRoute(_) => false,
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The gregor consumer runtime: at-least-once delivery turned into an exactly-once effect.
+//!
+//! * **Typed handlers** per topic, `async fn(Context, Event<T>) -> Result<(), HandlerError>`,
+//!   decoding through one seam ([`Decoder`]: [`Raw`], [`Json`], Avro later). Tombstones reach
+//!   the handler with `value: None`.
+//! * **Offsets** are committed only after a message is handled or durably forwarded (P6), at
+//!   each partition's contiguous watermark; on revoke and at shutdown too.
+//! * **Dedupe inbox**: with a database, the handler's [`Context::transaction`] already holds
+//!   the dedupe row, so effects and mark commit together; duplicates are skipped and counted.
+//! * **Failures**: [`HandlerError::Retryable`] (and panics) retry in place with backoff, then
+//!   through `<topic>.retry.<n>` tiers whose due time travels in a header, then land in
+//!   `<topic>.dlq` with full diagnostics; [`HandlerError::Permanent`] and undecodable payloads
+//!   go to the DLQ at once.
+//!
+//! ```no_run
+//! use gregor_consumer::{Consumer, ConsumerConfig, Context, Event, HandlerError, Json};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct OrderPlaced { id: i64 }
+//!
+//! async fn ship(ctx: Context, event: Event<OrderPlaced>) -> Result<(), HandlerError> {
+//!     let Some(order) = event.value else { return Ok(()) }; // tombstone
+//!     let mut tx = ctx.transaction().await?;
+//!     sqlx::query("INSERT INTO shipments (order_id) VALUES ($1)")
+//!         .bind(order.id)
+//!         .execute(&mut *tx)
+//!         .await?;
+//!     Ok(())
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ConsumerConfig::from_env(&gregor_config::Env::from_process())?;
+//! let consumer = Consumer::builder(config)
+//!     .route("orders", Json::<OrderPlaced>::new(), ship)
+//!     .build()
+//!     .await?;
+//! consumer.run(CancellationToken::new()).await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod decode;
+mod dedupe;
+mod error;
+mod event;
+mod forward;
+mod metrics;
+mod offsets;
+mod route;
+mod runtime;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ConsumerConfig, RetryPolicy, parse_tiers};
+pub use decode::{Decoder, Json, Raw};
+pub use dedupe::{cleanup as cleanup_dedupe, migrate as migrate_dedupe};
+pub use error::{BoxError, ConsumerError, DecodeError, HandlerError};
+pub use event::{Context, Event, Tx};
+pub use metrics::{ConsumerMetrics, ConsumerStats};
+pub use route::{DedupeKeyFn, ErrorKind, Handler, RouteOptions};
+
+use offsets::Offsets;
+use route::{RouteEntry, TypedRoute};
+use runtime::{GroupContext, PollLoop};
+use worker::Worker;
+
+/// Assembles a [`Consumer`].
+pub struct ConsumerBuilder {
+    config: ConsumerConfig,
+    routes: Vec<(String, RouteEntry)>,
+    pool: Option<PgPool>,
+}
+
+impl std::fmt::Debug for ConsumerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("config", &self.config)
+            .field(
+                "topics",
+                &self.routes.iter().map(|(t, _)| t).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerBuilder {
+    /// Routes `topic` (and its retry tiers) to `handler` through `decoder`.
+    #[must_use]
+    pub fn route<D, H>(self, topic: &str, decoder: D, handler: H) -> Self
+    where
+        D: Decoder,
+        H: Handler<D::Value>,
+    {
+        self.route_with(topic, decoder, handler, RouteOptions::default())
+    }
+
+    /// [`route`](Self::route) with per-topic options.
+    #[must_use]
+    pub fn route_with<D, H>(
+        mut self,
+        topic: &str,
+        decoder: D,
+        handler: H,
+        options: RouteOptions,
+    ) -> Self
+    where
+        D: Decoder,
+        H: Handler<D::Value>,
+    {
+        let entry = RouteEntry {
+            route: Box::new(TypedRoute { decoder, handler }),
+            policy: options.retry.unwrap_or_else(|| self.config.retry.clone()),
+            dedupe: options.dedupe,
+            dedupe_key: options.dedupe_key,
+        };
+        self.routes.push((topic.to_owned(), entry));
+        self
+    }
+
+    /// Uses an existing pool for dedupe and handler transactions instead of `DATABASE_URL`.
+    #[must_use]
+    pub fn pool(mut self, pool: PgPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Connects, applies the inbox schema, checks that every topic exists and joins nothing
+    /// yet: the group is joined by [`Consumer::run`].
+    pub async fn build(self) -> Result<Consumer, ConsumerError> {
+        let config = self.config;
+        config.validate()?;
+        if self.routes.is_empty() {
+            return Err(ConsumerError::NoRoutes);
+        }
+        let mut routes = HashMap::new();
+        let mut topics = Vec::new();
+        for (topic, entry) in self.routes {
+            topics.push(topic.clone());
+            for tier in 1..=entry.policy.tiers.len() {
+                topics.push(gregor_wire::retry_topic(&topic, tier));
+            }
+            if routes.insert(topic.clone(), Arc::new(entry)).is_some() {
+                return Err(ConsumerError::DuplicateRoute(topic));
+            }
+        }
+        let pool = match (self.pool, &config.database_url) {
+            (Some(pool), _) => Some(pool),
+            (None, Some(url)) => Some(
+                PgPoolOptions::new()
+                    .max_connections(config.db_pool_size)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url.expose())
+                    .await?,
+            ),
+            (None, None) => None,
+        };
+        if let Some(pool) = &pool {
+            dedupe::migrate(pool).await?;
+        }
+        let offsets = Arc::new(Offsets::default());
+        let consumer: StreamConsumer<GroupContext> = config
+            .kafka
+            .client_config(&[
+                ("auto.offset.reset", "earliest"),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("queued.max.messages.kbytes", "16384"),
+            ])
+            .set("group.id", &config.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create_with_context(GroupContext {
+                offsets: offsets.clone(),
+                revoke_timeout: config.shutdown_timeout,
+            })?;
+        let producer: FutureProducer = config
+            .kafka
+            .client_config(&[("linger.ms", "5"), ("partitioner", "murmur2_random")])
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()?;
+        let mut needed = topics.clone();
+        needed.extend(routes.keys().map(|t| gregor_wire::dlq_topic(t)));
+        let missing = missing_topics(&consumer, &needed).await?;
+        if !missing.is_empty() {
+            return Err(ConsumerError::MissingTopics(missing));
+        }
+        let metrics = ConsumerMetrics::new()?;
+        let lane_capacity = (config.queue_capacity / config.key_concurrency).max(1);
+        let worker = Arc::new(Worker {
+            group: Arc::from(config.group.as_str()),
+            routes,
+            pool,
+            producer,
+            offsets,
+            progress: Arc::new(Notify::new()),
+            metrics,
+        });
+        Ok(Consumer {
+            poll: PollLoop {
+                consumer,
+                worker,
+                key_concurrency: config.key_concurrency,
+                lane_capacity,
+                commit_interval: config.commit_interval,
+                shutdown_timeout: config.shutdown_timeout,
+            },
+            topics,
+            retention: config.dedupe_retention,
+            cleanup_interval: config.dedupe_cleanup_interval,
+        })
+    }
+}
+
+async fn missing_topics(
+    consumer: &StreamConsumer<GroupContext>,
+    needed: &[String],
+) -> Result<Vec<String>, ConsumerError> {
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(15))?;
+    let existing: Vec<&str> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.name())
+        .collect();
+    Ok(needed
+        .iter()
+        .filter(|t| !existing.contains(&t.as_str()))
+        .cloned()
+        .collect())
+}
+
+/// A consumer ready to join its group.
+pub struct Consumer {
+    poll: PollLoop,
+    topics: Vec<String>,
+    retention: Duration,
+    cleanup_interval: Duration,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("group", &self.poll.worker.group)
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// A builder for `config`.
+    pub fn builder(config: ConsumerConfig) -> ConsumerBuilder {
+        ConsumerBuilder {
+            config,
+            routes: Vec::new(),
+            pool: None,
+        }
+    }
+
+    /// The metrics (clone it before [`run`](Self::run) to read them while it runs).
+    pub fn metrics(&self) -> ConsumerMetrics {
+        self.poll.worker.metrics.clone()
+    }
+
+    /// Joins the group and consumes until `shutdown` is cancelled; then stops fetching,
+    /// lets running handlers finish (bounded by the shutdown timeout), commits and leaves.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.poll.consumer.subscribe(&topics)?;
+        let cleanup = self.poll.worker.pool.clone().map(|pool| {
+            let group = self.poll.worker.group.to_string();
+            let token = shutdown.clone();
+            let (retention, interval) = (self.retention, self.cleanup_interval);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        _ = tick.tick() => match dedupe::cleanup(&pool, &group, retention).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(deleted = n, "expired dedupe rows removed"),
+                            Err(e) => tracing::warn!(error = %e, "dedupe cleanup failed"),
+                        },
+                    }
+                }
+            })
+        });
+        self.poll.run(shutdown).await;
+        if let Some(task) = cleanup {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}

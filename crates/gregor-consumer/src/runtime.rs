@@ -1,0 +1,259 @@
+//! The poll loop: receives messages, hands each partition's messages to its lanes, pauses a
+//! partition whose lanes are full, commits watermarks, and stops cleanly.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::offsets::{Offsets, PartKey};
+use crate::worker::{Worker, lane};
+
+/// Rebalance hooks: on revoke, wait for running handlers and commit what they finished.
+pub(crate) struct GroupContext {
+    pub(crate) offsets: Arc<Offsets>,
+    pub(crate) revoke_timeout: Duration,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let keys: Vec<PartKey> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let marks = blocking(|| self.offsets.revoke(&keys, self.revoke_timeout));
+        tracing::info!(partitions = keys.len(), "partitions revoked");
+        if marks.is_empty() {
+            return;
+        }
+        if let Err(e) = consumer.commit(&to_tpl(&marks), CommitMode::Sync) {
+            tracing::warn!(error = %e, "commit on revoke failed; the new owner may redeliver");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "offset commit failed; retrying on the next tick");
+            let keys: Vec<PartKey> = offsets
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            self.offsets.commit_failed(&keys);
+        }
+    }
+}
+
+/// Runs a blocking wait without starving the runtime: on a multi-thread runtime the
+/// worker's other tasks move elsewhere meanwhile.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+pub(crate) fn to_tpl(marks: &[(PartKey, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in marks {
+        // Offsets come from the broker, so they are valid for the list.
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    tpl
+}
+
+/// A partition's lanes and the messages waiting for room in them.
+struct Partition {
+    generation: u64,
+    lanes: Vec<mpsc::Sender<OwnedMessage>>,
+    waiting: VecDeque<OwnedMessage>,
+    paused: bool,
+}
+
+pub(crate) struct PollLoop {
+    pub(crate) consumer: StreamConsumer<GroupContext>,
+    pub(crate) worker: Arc<Worker>,
+    pub(crate) key_concurrency: usize,
+    pub(crate) lane_capacity: usize,
+    pub(crate) commit_interval: Duration,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl PollLoop {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        let offsets = self.worker.offsets.clone();
+        let progress = self.worker.progress.clone();
+        // Lanes stop on this token (a child, so revokes can stop some of them).
+        let lanes_token = shutdown.child_token();
+        let mut partitions: HashMap<PartKey, Partition> = HashMap::new();
+        let mut commit_tick = tokio::time::interval(self.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                () = progress.notified() => self.refill(&mut partitions),
+                _ = commit_tick.tick() => {
+                    partitions.retain(|k, p| offsets_live(&offsets, k, p.generation));
+                    self.commit(CommitMode::Async);
+                }
+                received = self.consumer.recv() => match received {
+                    Ok(m) => {
+                        let msg = m.detach();
+                        self.dispatch(&mut partitions, msg, &lanes_token);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "consumer error; librdkafka retries"),
+                },
+            }
+        }
+        // Stop fetching, let running handlers finish (bounded), commit, leave the group.
+        lanes_token.cancel();
+        drop(partitions);
+        let timeout = self.shutdown_timeout;
+        let marks = {
+            let offsets = offsets.clone();
+            tokio::task::spawn_blocking(move || offsets.drain(timeout))
+                .await
+                .unwrap_or_default()
+        };
+        if !marks.is_empty()
+            && let Err(e) = self.consumer.commit(&to_tpl(&marks), CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "final commit failed; the next owner may redeliver");
+        }
+        tracing::info!(running = offsets.executing(), "consumer stopped");
+        self.consumer.unsubscribe();
+        drop(self.consumer);
+    }
+
+    fn commit(&self, mode: CommitMode) {
+        let marks = self.worker.offsets.committable();
+        if marks.is_empty() {
+            return;
+        }
+        if let Err(e) = self.consumer.commit(&to_tpl(&marks), mode) {
+            tracing::warn!(error = %e, "offset commit failed; retrying on the next tick");
+            let keys: Vec<PartKey> = marks.into_iter().map(|(k, _)| k).collect();
+            self.worker.offsets.commit_failed(&keys);
+        }
+    }
+
+    fn dispatch(
+        &self,
+        partitions: &mut HashMap<PartKey, Partition>,
+        msg: OwnedMessage,
+        lanes_token: &CancellationToken,
+    ) {
+        let key: PartKey = (msg.topic().to_owned(), msg.partition());
+        let (generation, token) = self.worker.offsets.track(&key, msg.offset(), lanes_token);
+        let stale = partitions
+            .get(&key)
+            .is_none_or(|p| p.generation != generation);
+        if stale {
+            let lanes = (0..self.key_concurrency)
+                .map(|_| {
+                    let (tx, rx) = mpsc::channel(self.lane_capacity);
+                    tokio::spawn(lane(
+                        self.worker.clone(),
+                        key.clone(),
+                        generation,
+                        token.clone(),
+                        rx,
+                    ));
+                    tx
+                })
+                .collect();
+            partitions.insert(
+                key.clone(),
+                Partition {
+                    generation,
+                    lanes,
+                    waiting: VecDeque::new(),
+                    paused: false,
+                },
+            );
+        }
+        let Some(p) = partitions.get_mut(&key) else {
+            return;
+        };
+        p.waiting.push_back(msg);
+        self.feed(&key, p);
+    }
+
+    fn refill(&self, partitions: &mut HashMap<PartKey, Partition>) {
+        for (key, p) in partitions.iter_mut() {
+            if !p.waiting.is_empty() || p.paused {
+                self.feed(key, p);
+            }
+        }
+    }
+
+    /// Moves waiting messages into their lanes in order; pauses the partition when a lane is
+    /// full, resumes it when nothing waits any more. Memory stays bounded by the lane
+    /// capacity plus what librdkafka had prefetched.
+    fn feed(&self, key: &PartKey, p: &mut Partition) {
+        while let Some(msg) = p.waiting.pop_front() {
+            let lane = lane_of(msg.key(), p.lanes.len());
+            match p.lanes[lane].try_send(msg) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(msg)) => {
+                    p.waiting.push_front(msg);
+                    break;
+                }
+                // The lane ended (revoked or shut down): nothing more to do here.
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    p.waiting.clear();
+                    break;
+                }
+            }
+        }
+        let want_pause = !p.waiting.is_empty();
+        if want_pause != p.paused {
+            let mut one = TopicPartitionList::new();
+            one.add_partition(&key.0, key.1);
+            let result = if want_pause {
+                self.consumer.pause(&one)
+            } else {
+                self.consumer.resume(&one)
+            };
+            match result {
+                Ok(()) => p.paused = want_pause,
+                Err(e) => tracing::debug!(error = %e, "pause/resume of a revoked partition"),
+            }
+        }
+    }
+}
+
+fn offsets_live(offsets: &Offsets, key: &PartKey, generation: u64) -> bool {
+    offsets.is_current(key, generation)
+}
+
+/// The lane of a key: FNV-1a of the key bytes (keyless messages share lane 0).
+fn lane_of(key: Option<&[u8]>, lanes: usize) -> usize {
+    if lanes <= 1 {
+        return 0;
+    }
+    let Some(key) = key else { return 0 };
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    usize::try_from(hash % lanes as u64).unwrap_or(0)
+}

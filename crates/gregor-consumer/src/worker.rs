@@ -1,0 +1,292 @@
+//! The per-message pipeline: wait until a retry is due, decode and handle inside the dedupe
+//! transaction, back off in place, then forward to the next retry tier or the DLQ.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use tokio::sync::{Mutex, Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use gregor_wire::{TopicKind, base_topic, dlq_topic, headers as h, retry_topic};
+
+use crate::Context;
+use crate::dedupe;
+use crate::forward::{self, Failure};
+use crate::metrics::{ConsumerMetrics, outcome};
+use crate::offsets::{Offsets, PartKey};
+use crate::route::{Attempt, ErrorKind, EventMeta, RouteEntry};
+
+/// What became of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Handled,
+    Duplicate,
+    Retried,
+    DeadLettered,
+    /// Stopped by revoke or shutdown before finishing: not committed, redelivered later.
+    Abandoned,
+}
+
+/// Everything lanes share.
+pub(crate) struct Worker {
+    pub(crate) group: Arc<str>,
+    pub(crate) routes: HashMap<String, Arc<RouteEntry>>,
+    pub(crate) pool: Option<PgPool>,
+    pub(crate) producer: FutureProducer,
+    pub(crate) offsets: Arc<Offsets>,
+    pub(crate) progress: Arc<Notify>,
+    pub(crate) metrics: ConsumerMetrics,
+}
+
+/// One lane: handles its messages in order until its partition is revoked or the consumer
+/// stops.
+pub(crate) async fn lane(
+    worker: Arc<Worker>,
+    key: PartKey,
+    generation: u64,
+    token: CancellationToken,
+    mut rx: mpsc::Receiver<OwnedMessage>,
+) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            () = token.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        if !worker.offsets.begin(&key, generation) {
+            return;
+        }
+        let outcome = worker.process(&msg, &token).await;
+        let done = outcome != Outcome::Abandoned;
+        worker.offsets.finish(&key, generation, msg.offset(), done);
+        worker.progress.notify_one();
+        if !done {
+            return;
+        }
+    }
+}
+
+impl Worker {
+    async fn process(&self, msg: &OwnedMessage, token: &CancellationToken) -> Outcome {
+        let started = Instant::now();
+        let (base, kind) = base_topic(msg.topic());
+        let Some(entry) = self
+            .routes
+            .get(base)
+            .or_else(|| self.routes.get(msg.topic()))
+        else {
+            // Only routed topics are subscribed; a stray one is dead-lettered, not dropped.
+            tracing::error!(topic = msg.topic(), "message from a topic without a route");
+            return Outcome::Abandoned;
+        };
+        let policy = &entry.policy;
+        if let TopicKind::Retry(_) = kind
+            && let Some(due) = h::get_time(msg.headers(), h::NOT_BEFORE)
+            && !wait_until(due, token).await
+        {
+            return Outcome::Abandoned;
+        }
+        let prior: u32 = h::get_str(msg.headers(), h::ATTEMPT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let in_place = if kind == TopicKind::Main {
+            policy.in_place_attempts
+        } else {
+            1
+        };
+        let mut tries = 0;
+        let mut unavailable = 0;
+        let (kind_failed, message) = loop {
+            let attempt = prior + tries + 1;
+            match self.attempt(entry, msg, base, attempt).await {
+                AttemptResult::Handled => {
+                    self.count(base, outcome::HANDLED, started);
+                    return Outcome::Handled;
+                }
+                AttemptResult::Duplicate => {
+                    self.count(base, outcome::DUPLICATE, started);
+                    return Outcome::Duplicate;
+                }
+                AttemptResult::Failed(kind, message) => {
+                    self.metrics
+                        .failures
+                        .with_label_values(&[base, kind.as_str()])
+                        .inc();
+                    tracing::warn!(topic = msg.topic(), partition = msg.partition(),
+                        offset = msg.offset(), attempt, kind = kind.as_str(), error = %message,
+                        "handling failed");
+                    match kind {
+                        ErrorKind::Unavailable => {
+                            // Not the message's fault: wait, never count it toward the DLQ.
+                            unavailable += 1;
+                            if !sleep(policy.backoff_after(unavailable), token).await {
+                                return Outcome::Abandoned;
+                            }
+                            continue;
+                        }
+                        ErrorKind::Permanent | ErrorKind::Decode => break (kind, message),
+                        ErrorKind::Retryable | ErrorKind::Panic => {
+                            tries += 1;
+                            if tries >= in_place {
+                                break (kind, message);
+                            }
+                            if !sleep(policy.backoff_after(tries), token).await {
+                                return Outcome::Abandoned;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let attempts = prior + tries.max(1);
+        let retry_next = matches!(kind_failed, ErrorKind::Retryable | ErrorKind::Panic);
+        let tier_next = match kind {
+            TopicKind::Main => 1,
+            TopicKind::Retry(n) => n + 1,
+            TopicKind::DeadLetter => usize::MAX,
+        };
+        let (target, not_before, label) = match policy.tiers.get(tier_next.wrapping_sub(1)) {
+            Some(delay) if retry_next => (
+                retry_topic(base, tier_next),
+                chrono::Duration::from_std(*delay)
+                    .ok()
+                    .map(|d| Utc::now() + d),
+                outcome::RETRIED,
+            ),
+            _ => (dlq_topic(base), None, outcome::DEAD_LETTERED),
+        };
+        let failure = Failure {
+            kind: kind_failed,
+            message: &message,
+            attempts,
+            not_before,
+        };
+        let headers = forward::copy_headers(msg, &self.group, &failure);
+        if !forward::forward(&self.producer, msg, &target, headers, token).await {
+            return Outcome::Abandoned;
+        }
+        self.count(base, label, started);
+        if label == outcome::RETRIED {
+            Outcome::Retried
+        } else {
+            Outcome::DeadLettered
+        }
+    }
+
+    fn count(&self, topic: &str, outcome: &str, started: Instant) {
+        self.metrics
+            .messages
+            .with_label_values(&[topic, outcome])
+            .inc();
+        self.metrics
+            .handle_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// One attempt, inside the dedupe transaction when the route has one.
+    async fn attempt(
+        &self,
+        entry: &RouteEntry,
+        msg: &OwnedMessage,
+        base: &str,
+        attempt: u32,
+    ) -> AttemptResult {
+        let meta = EventMeta {
+            topic: base.to_owned(),
+            attempt,
+        };
+        let pool = match &self.pool {
+            Some(pool) if entry.dedupe => pool,
+            _ => {
+                let ctx = Context::new(self.group.clone(), self.pool.clone(), None);
+                return entry.route.run(msg, meta, ctx).await.into();
+            }
+        };
+        let key = entry
+            .dedupe_key
+            .as_ref()
+            .and_then(|f| f(msg))
+            .unwrap_or_else(|| dedupe::default_key(msg));
+        let db_failed =
+            |e: sqlx::Error| AttemptResult::Failed(ErrorKind::Retryable, format!("dedupe: {e}"));
+        let mut tx = match pool.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return db_failed(e),
+        };
+        match dedupe::mark(&mut tx, &self.group, &key, msg).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = tx.rollback().await;
+                return AttemptResult::Duplicate;
+            }
+            Err(e) => return db_failed(e),
+        }
+        let shared = Arc::new(Mutex::new(Some(tx)));
+        let ctx = Context::new(self.group.clone(), Some(pool.clone()), Some(shared.clone()));
+        let result = entry.route.run(msg, meta, ctx).await;
+        let tx = shared.lock().await.take();
+        match (result, tx) {
+            (Attempt::Ok, Some(tx)) => match tx.commit().await {
+                Ok(()) => AttemptResult::Handled,
+                Err(e) => db_failed(e),
+            },
+            (Attempt::Ok, None) => AttemptResult::Failed(
+                ErrorKind::Retryable,
+                "the dedupe transaction vanished before commit".to_owned(),
+            ),
+            (failed, tx) => {
+                if let Some(tx) = tx {
+                    let _ = tx.rollback().await;
+                }
+                failed.into()
+            }
+        }
+    }
+}
+
+enum AttemptResult {
+    Handled,
+    Duplicate,
+    Failed(ErrorKind, String),
+}
+
+impl From<Attempt> for AttemptResult {
+    fn from(a: Attempt) -> Self {
+        match a {
+            Attempt::Ok => Self::Handled,
+            Attempt::Failed { kind, message } => Self::Failed(kind, message),
+        }
+    }
+}
+
+/// Sleeps unless cancelled first; false when cancelled.
+async fn sleep(duration: std::time::Duration, token: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(duration) => true,
+        () = token.cancelled() => false,
+    }
+}
+
+/// Waits for a wall-clock due time (it travels in a header, so it survives restarts).
+async fn wait_until(due: chrono::DateTime<Utc>, token: &CancellationToken) -> bool {
+    loop {
+        let left = due - Utc::now();
+        let Ok(left) = left.to_std() else {
+            return true; // due already
+        };
+        if left.is_zero() {
+            return true;
+        }
+        // Round up to whole milliseconds so a retry never runs early.
+        let left = left + std::time::Duration::from_millis(1);
+        if !sleep(left, token).await {
+            return false;
+        }
+    }
+}
