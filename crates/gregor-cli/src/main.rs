@@ -2,13 +2,17 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod dlq;
 mod outbox;
+mod topics;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Operate gregor: the outbox today; topics, dead-letter queues and schemas join here.
+/// Operate gregor: the outbox, topics and dead-letter topics.
+///
+/// Exit status: 0 on success, 1 when the operation failed, 2 on bad usage or configuration.
 #[derive(Debug, Parser)]
 #[command(name = "gregor", version, about)]
 struct Cli {
@@ -21,6 +25,33 @@ enum Command {
     /// Inspect and operate the outbox table (uses DATABASE_URL).
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
+    /// Create topics with their retry tiers and dead-letter topic (uses KAFKA_BOOTSTRAP_SERVERS
+    /// and KAFKA_*).
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
+    /// Inspect and replay dead-letter topics (uses KAFKA_BOOTSTRAP_SERVERS and KAFKA_*).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+}
+
+/// Bad usage found after argument parsing (exit status 2, like clap's own usage errors).
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// 2 for configuration and usage errors, 1 for everything else.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    let bad_input = error
+        .chain()
+        .any(|cause| cause.is::<gregor_config::ConfigError>() || cause.is::<UsageError>());
+    if bad_input { 2 } else { 1 }
 }
 
 fn main() -> ExitCode {
@@ -38,13 +69,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Outbox(cmd) => outbox::run(cmd).await,
+            Command::Topics(cmd) => topics::run(cmd).await,
+            Command::Dlq(cmd) => dlq::run(cmd).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gregor: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
     }
 }
