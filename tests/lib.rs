@@ -73,3 +73,69 @@ pub fn relay_env(database_url: &str, bootstrap: &str) -> Vec<(String, String)> {
 pub fn as_pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
+
+/// A consumer running inside the test process; stopped (gracefully) on drop.
+#[derive(Debug)]
+pub struct InProcessConsumer {
+    cancel: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<Result<(), gregor_consumer::ConsumerError>>>,
+    /// Its metrics.
+    pub metrics: gregor_consumer::ConsumerMetrics,
+}
+
+impl InProcessConsumer {
+    /// Builds and starts a consumer.
+    pub async fn start(builder: gregor_consumer::ConsumerBuilder) -> anyhow::Result<Self> {
+        let consumer = builder.build().await?;
+        let metrics = consumer.metrics();
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(consumer.run(cancel.clone()));
+        Ok(Self {
+            cancel,
+            handle: Some(handle),
+            metrics,
+        })
+    }
+
+    /// Stops the consumer (finish running handlers, commit, leave) and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(60), handle).await???;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InProcessConsumer {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Consumer settings for tests: the shared broker and database, a fresh group, quick
+/// commits and session timeouts, plus `extra` variables.
+pub fn consumer_config(
+    group: &str,
+    database_url: Option<&str>,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<gregor_consumer::ConsumerConfig> {
+    let mut env = Env::from_pairs([
+        (
+            "KAFKA_BOOTSTRAP_SERVERS",
+            gregor_testkit::kafka_bootstrap()?.as_str(),
+        ),
+        ("GREGOR_CONSUMER_GROUP", group),
+        ("GREGOR_CONSUMER_COMMIT_INTERVAL_MS", "200"),
+        ("GREGOR_CONSUMER_BACKOFF_MS", "50"),
+        ("KAFKA_SESSION_TIMEOUT_MS", "6000"),
+        ("KAFKA_HEARTBEAT_INTERVAL_MS", "500"),
+    ]);
+    if let Some(url) = database_url {
+        env = env.with("DATABASE_URL", url);
+    }
+    for (k, v) in extra {
+        env = env.with(*k, *v);
+    }
+    Ok(gregor_consumer::ConsumerConfig::from_env(&env)?)
+}

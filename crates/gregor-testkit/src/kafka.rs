@@ -232,3 +232,105 @@ fn to_received(msg: &rdkafka::message::BorrowedMessage<'_>) -> Received {
         headers,
     }
 }
+
+/// One message to produce.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Payload bytes (`None` = tombstone).
+    pub payload: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// A record with a key and a payload.
+    pub fn new(key: impl Into<Vec<u8>>, payload: impl Into<Vec<u8>>) -> Self {
+        Self {
+            key: Some(key.into()),
+            payload: Some(payload.into()),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+}
+
+/// Produces `records` to `topic` on the shared broker and waits for every acknowledgement.
+pub async fn produce(topic: &str, records: Vec<Record>) -> anyhow::Result<()> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", crate::kafka_bootstrap()?)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let mut pending = Vec::with_capacity(records.len());
+    for r in &records {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+        if let Some(k) = &r.key {
+            record = record.key(k);
+        }
+        if let Some(p) = &r.payload {
+            record = record.payload(p);
+        }
+        pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        if pending.len() >= 10_000 {
+            for p in pending.drain(..) {
+                p.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for p in pending {
+        p.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
+/// Creates `topic`, its retry tiers `1..=tiers` and its `.dlq`, all with `partitions`.
+pub async fn create_topic_family(topic: &str, partitions: i32, tiers: usize) -> anyhow::Result<()> {
+    create_topic(topic, partitions).await?;
+    for n in 1..=tiers {
+        create_topic(&format!("{topic}.retry.{n}"), partitions).await?;
+    }
+    create_topic(&format!("{topic}.dlq"), partitions).await
+}
+
+/// The offsets `group` has committed for each partition of `topic` (partitions without a
+/// commit are left out). Reads them without joining the group.
+pub fn committed_offsets(group: &str, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", crate::kafka_bootstrap()?)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
