@@ -1,0 +1,185 @@
+//! `shipping-service`: consumes `order.placed` events and records one shipment per order in
+//! PostgreSQL, inside the dedupe transaction, so redelivery never ships twice.
+//!
+//! Configuration is the consumer runtime's (`KAFKA_BOOTSTRAP_SERVERS`, `GREGOR_CONSUMER_*`,
+//! `DATABASE_URL`) plus:
+//! * `SHIPPING_TOPIC` (default `orders`): the topic to consume;
+//! * `SHIPPING_FLAKY_EVERY=N`: orders whose amount is a multiple of N fail their first
+//!   attempt (a carrier timeout), to show retries;
+//! * `SHIPPING_REJECT_EVERY=N`: orders whose amount is a multiple of N are rejected for good
+//!   (an undeliverable address), to show the dead-letter topic;
+//! * `SHIPPING_STATS_INTERVAL_MS` (default 1000): how often a stats line is printed.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use gregor::config::Env;
+use gregor::consumer::{
+    Consumer, ConsumerConfig, ConsumerStats, Context, Event, HandlerError, Json,
+};
+use serde::Deserialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The `order.placed` event of order-service.
+#[derive(Debug, Deserialize)]
+struct OrderPlaced {
+    order_id: Uuid,
+    customer: String,
+    amount_cents: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Faults {
+    flaky_every: Option<i64>,
+    reject_every: Option<i64>,
+}
+
+async fn ship(faults: Faults, ctx: Context, event: Event<OrderPlaced>) -> Result<(), HandlerError> {
+    let Some(order) = &event.value else {
+        return Ok(()); // a tombstone: nothing to ship
+    };
+    let multiple = |n: Option<i64>| n.is_some_and(|n| n > 0 && order.amount_cents % n == 0);
+    if multiple(faults.reject_every) {
+        return Err(HandlerError::permanent(format!(
+            "order {} of {}: undeliverable address",
+            order.order_id, order.customer
+        )));
+    }
+    if multiple(faults.flaky_every) && event.attempt == 1 {
+        return Err(HandlerError::retryable("carrier API timed out"));
+    }
+    let mut tx = ctx.transaction().await?;
+    sqlx::query(
+        "INSERT INTO shipments (event_id, order_id, customer, topic, \"partition\", \"offset\", attempt)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(event.id().map(str::to_owned))
+    .bind(order.order_id)
+    .bind(order.customer.clone())
+    .bind(event.topic.clone())
+    .bind(event.partition)
+    .bind(event.offset)
+    .bind(i32::try_from(event.attempt).unwrap_or(i32::MAX))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS shipments (
+             id          BIGSERIAL PRIMARY KEY,
+             event_id    TEXT,
+             order_id    UUID NOT NULL,
+             customer    TEXT NOT NULL,
+             topic       TEXT NOT NULL,
+             \"partition\" INTEGER NOT NULL,
+             \"offset\"    BIGINT NOT NULL,
+             attempt     INTEGER NOT NULL,
+             shipped_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+fn print_stats(stats: ConsumerStats) {
+    println!(
+        "shipping: handled={} duplicates={} retried={} dead_lettered={} failed_attempts={}",
+        stats.handled, stats.duplicates, stats.retried, stats.dead_lettered, stats.failed_attempts
+    );
+}
+
+async fn run(env: Env) -> anyhow::Result<()> {
+    let config = ConsumerConfig::from_env(&env)?;
+    let database_url = config
+        .database_url
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("DATABASE_URL is required (shipments live there)"))?;
+    let pool = PgPool::connect(database_url.expose()).await?;
+    migrate(&pool).await?;
+    let topic = env.get("SHIPPING_TOPIC").unwrap_or("orders").to_owned();
+    let every = |var: &str| -> anyhow::Result<Option<i64>> {
+        env.get(var)
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("{var} is invalid: {e}"))
+            })
+            .transpose()
+    };
+    let faults = Faults {
+        flaky_every: every("SHIPPING_FLAKY_EVERY")?,
+        reject_every: every("SHIPPING_REJECT_EVERY")?,
+    };
+    let interval = env.millis_or("SHIPPING_STATS_INTERVAL_MS", Duration::from_secs(1))?;
+    let consumer = Consumer::builder(config)
+        .pool(pool)
+        .route(&topic, Json::<OrderPlaced>::new(), move |ctx, event| {
+            ship(faults, ctx, event)
+        })
+        .build()
+        .await?;
+    let metrics = consumer.metrics();
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signals.cancel();
+    });
+    let reporter = {
+        let (metrics, token) = (metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    _ = tick.tick() => print_stats(metrics.stats()),
+                }
+            }
+        })
+    };
+    println!("shipping: consuming {topic}");
+    consumer.run(shutdown).await?;
+    let _ = reporter.await;
+    print_stats(metrics.stats());
+    println!("shipping: stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,gregor_consumer=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Env::from_process()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shipping-service: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
