@@ -77,7 +77,7 @@ async fn killed_consumer_loses_nothing_and_duplicates_no_effect() -> anyhow::Res
         ("SHIPPING_STATS_INTERVAL_MS", "60000"),
     ];
     let mut victim = Proc::spawn("shipping-service", &env)?;
-    let survivor = Proc::spawn("shipping-service", &env)?;
+    let mut survivor = Proc::spawn("shipping-service", &env)?;
     // The shipments table is created by the service itself.
     wait_until(
         Duration::from_secs(120),
@@ -88,6 +88,13 @@ async fn killed_consumer_loses_nothing_and_duplicates_no_effect() -> anyhow::Res
         },
     )
     .await?;
+    for p in [&mut victim, &mut survivor] {
+        assert!(
+            p.try_wait()?.is_none(),
+            "both consumers run before the kill:\n{}",
+            p.log()
+        );
+    }
     victim.kill9()?;
     let committed = kafka::committed_offsets(&group, &topic)?;
     eprintln!("committed at the kill: {committed:?}");
@@ -97,7 +104,7 @@ async fn killed_consumer_loses_nothing_and_duplicates_no_effect() -> anyhow::Res
     );
     assert_commits_follow_effects(&db.pool, &committed).await?;
 
-    let restarted = Proc::spawn("shipping-service", &env)?;
+    let mut restarted = Proc::spawn("shipping-service", &env)?;
     wait_until(Duration::from_secs(240), "every effect", || async {
         Ok((shipped(&db.pool).await? == EVENTS).then_some(()))
     })
@@ -112,9 +119,10 @@ async fn killed_consumer_loses_nothing_and_duplicates_no_effect() -> anyhow::Res
     for p in [&survivor, &restarted] {
         p.signal("TERM")?;
     }
-    let (mut survivor, mut restarted) = (survivor, restarted);
-    assert!(survivor.wait()?.success(), "{}", survivor.log());
-    assert!(restarted.wait()?.success(), "{}", restarted.log());
+    for p in [&mut survivor, &mut restarted] {
+        let status = p.wait()?;
+        assert!(status.success(), "stopped with {status}:\n{}", p.log());
+    }
 
     let (rows, distinct): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM shipments")

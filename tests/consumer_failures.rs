@@ -398,3 +398,68 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_as_panic() -> anyhow:
     consumer.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_dedupe_transactions_keep_effects_exactly_once_and_isolate_a_failure()
+-> anyhow::Result<()> {
+    let db = TestDb::create("batch").await?;
+    effects_table(&db).await?;
+    let topic = unique_name("batch");
+    kafka::create_topic_family(&topic, 2, 1).await?;
+    // 300 events; ids 0..50 are sent twice; id-13 is rejected for good (both copies, since a
+    // rejected event leaves no dedupe row).
+    let mut records: Vec<Record> = (0..300)
+        .map(|i| event(&format!("k{}", i % 7), &format!("id-{i}")))
+        .collect();
+    records.extend((0..50).map(|i| event(&format!("k{}", i % 7), &format!("id-{i}"))));
+    let config = consumer_config(
+        &unique_name("g"),
+        Some(&db.url),
+        &[("GREGOR_CONSUMER_RETRY_TIERS", "100ms")],
+    )?;
+    let options = gregor_consumer::RouteOptions {
+        batch_size: 64,
+        ..Default::default()
+    };
+    let consumer = InProcessConsumer::start(Consumer::builder(config).route_with(
+        &topic,
+        Raw,
+        |ctx: Context, event: Event<Vec<u8>>| async move {
+            effect(&ctx, &event).await?;
+            if event.id() == Some("id-13") {
+                return Err(HandlerError::permanent("rejected"));
+            }
+            Ok(())
+        },
+        options,
+    ))
+    .await?;
+    kafka::produce(&topic, records).await?;
+    wait_until(WAIT, "every copy finished", || async {
+        let s = consumer.metrics.stats();
+        Ok((s.handled + s.duplicates + s.dead_lettered == 350).then_some(s))
+    })
+    .await?;
+    let stats = consumer.metrics.stats();
+    consumer.stop().await?;
+    assert_eq!(
+        (stats.handled, stats.duplicates, stats.dead_lettered),
+        (299, 49, 2)
+    );
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM effects")
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!((rows, distinct), (299, 299), "one effect per handled event");
+    assert_eq!(
+        count(&db, "id-13").await?,
+        0,
+        "the rejected event's effect rolled back"
+    );
+    let dead = kafka::read_topic(&format!("{topic}.dlq"), 2, WAIT).await?;
+    assert!(
+        dead.iter()
+            .all(|d| d.header(h::CE_ID).as_deref() == Some("id-13"))
+    );
+    Ok(())
+}

@@ -55,6 +55,32 @@ pub(crate) async fn mark(
     Ok(done.rows_affected() == 1)
 }
 
+/// Writes the dedupe rows of a batch in one statement; returns the keys that were new (a key
+/// repeated inside the batch is returned once).
+pub(crate) async fn mark_batch(
+    tx: &mut Transaction<'static, Postgres>,
+    group: &str,
+    keys: &[String],
+    msgs: &[OwnedMessage],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let topics: Vec<&str> = msgs.iter().map(|m| m.topic()).collect();
+    let partitions: Vec<i32> = msgs.iter().map(|m| m.partition()).collect();
+    let offsets: Vec<i64> = msgs.iter().map(|m| m.offset()).collect();
+    let new: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO gregor_inbox (consumer_group, dedupe_key, topic, \"partition\", \"offset\")
+         SELECT $1, k, t, p, o FROM unnest($2::text[], $3::text[], $4::int[], $5::bigint[]) AS u(k, t, p, o)
+         ON CONFLICT DO NOTHING RETURNING dedupe_key",
+    )
+    .bind(group)
+    .bind(keys)
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&offsets)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(new.into_iter().collect())
+}
+
 /// Deletes this group's dedupe rows older than `retention`, in bounded batches; returns how
 /// many went.
 pub async fn cleanup(pool: &PgPool, group: &str, retention: Duration) -> Result<u64, sqlx::Error> {

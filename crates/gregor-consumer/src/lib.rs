@@ -123,6 +123,7 @@ impl ConsumerBuilder {
             policy: options.retry.unwrap_or_else(|| self.config.retry.clone()),
             dedupe: options.dedupe,
             dedupe_key: options.dedupe_key,
+            batch_size: options.batch_size.clamp(1, 1000),
         };
         self.routes.push((topic.to_owned(), entry));
         self

@@ -48,6 +48,11 @@ pub struct RouteOptions {
     pub dedupe: bool,
     /// Custom dedupe key; the default is the `ce_id` header, else the original coordinates.
     pub dedupe_key: Option<DedupeKeyFn>,
+    /// Up to this many waiting messages of a partition lane are handled in one dedupe
+    /// transaction (default 1 = one transaction per message). Opt in only when the handler's
+    /// effects are all inside that transaction: if any message of a batch fails, the batch is
+    /// rolled back and its messages are handled again one by one.
+    pub batch_size: usize,
 }
 
 impl Default for RouteOptions {
@@ -56,6 +61,7 @@ impl Default for RouteOptions {
             retry: None,
             dedupe: true,
             dedupe_key: None,
+            batch_size: 1,
         }
     }
 }
@@ -66,6 +72,7 @@ impl std::fmt::Debug for RouteOptions {
             .field("retry", &self.retry)
             .field("dedupe", &self.dedupe)
             .field("dedupe_key", &self.dedupe_key.as_ref().map(|_| "custom"))
+            .field("batch_size", &self.batch_size)
             .finish()
     }
 }
@@ -202,4 +209,5 @@ pub(crate) struct RouteEntry {
     pub(crate) policy: RetryPolicy,
     pub(crate) dedupe: bool,
     pub(crate) dedupe_key: Option<DedupeKeyFn>,
+    pub(crate) batch_size: usize,
 }

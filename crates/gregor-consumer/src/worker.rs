@@ -53,26 +53,150 @@ pub(crate) async fn lane(
     token: CancellationToken,
     mut rx: mpsc::Receiver<OwnedMessage>,
 ) {
+    let batch_max = worker.batch_size(&key.0);
+    let mut batch = Vec::with_capacity(batch_max);
     loop {
         let msg = tokio::select! {
             biased;
             () = token.cancelled() => return,
             m = rx.recv() => match m { Some(m) => m, None => return },
         };
-        if !worker.offsets.begin(&key, generation) {
-            return;
+        batch.clear();
+        batch.push(msg);
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
         }
-        let outcome = worker.process(&msg, &token).await;
-        let done = outcome != Outcome::Abandoned;
-        worker.offsets.finish(&key, generation, msg.offset(), done);
+        for _ in &batch {
+            if !worker.offsets.begin(&key, generation) {
+                return;
+            }
+        }
+        let outcomes = if batch.len() == 1 {
+            vec![worker.process(&batch[0], &token).await]
+        } else {
+            worker.process_batch(&batch, &token).await
+        };
+        let mut abandoned = false;
+        for (msg, outcome) in batch.iter().zip(outcomes) {
+            let done = outcome != Outcome::Abandoned;
+            abandoned |= !done;
+            worker.offsets.finish(&key, generation, msg.offset(), done);
+        }
         worker.progress.notify_one();
-        if !done {
+        if abandoned {
             return;
         }
     }
 }
 
 impl Worker {
+    /// Messages of `topic` handled per dedupe transaction (1 unless the route opted in; retry
+    /// topics always go one by one, since each waits for its own due time).
+    fn batch_size(&self, topic: &str) -> usize {
+        let (base, kind) = base_topic(topic);
+        match self.routes.get(base) {
+            Some(entry) if kind == TopicKind::Main && entry.dedupe && self.pool.is_some() => {
+                entry.batch_size.max(1)
+            }
+            _ => 1,
+        }
+    }
+
+    /// Several messages of one lane in one dedupe transaction. Any failure rolls the whole
+    /// batch back and handles its messages one by one with the full failure routing.
+    async fn process_batch(
+        &self,
+        msgs: &[OwnedMessage],
+        token: &CancellationToken,
+    ) -> Vec<Outcome> {
+        let started = Instant::now();
+        let (base, _) = base_topic(msgs[0].topic());
+        if let Some(entry) = self.routes.get(base)
+            && let Some(pool) = &self.pool
+        {
+            match self.try_batch(entry, pool, msgs, base).await {
+                Ok(outcomes) => {
+                    for o in &outcomes {
+                        let label = if *o == Outcome::Duplicate {
+                            outcome::DUPLICATE
+                        } else {
+                            outcome::HANDLED
+                        };
+                        self.count(base, label, started);
+                    }
+                    return outcomes;
+                }
+                Err(reason) => {
+                    tracing::debug!(%reason, size = msgs.len(), "batch rolled back; one by one");
+                }
+            }
+        }
+        let mut outcomes = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let o = self.process(msg, token).await;
+            outcomes.push(o);
+            if o == Outcome::Abandoned {
+                outcomes.resize(msgs.len(), Outcome::Abandoned);
+                break;
+            }
+        }
+        outcomes
+    }
+
+    async fn try_batch(
+        &self,
+        entry: &RouteEntry,
+        pool: &PgPool,
+        msgs: &[OwnedMessage],
+        base: &str,
+    ) -> Result<Vec<Outcome>, String> {
+        let keys: Vec<String> = msgs
+            .iter()
+            .map(|m| {
+                entry
+                    .dedupe_key
+                    .as_ref()
+                    .and_then(|f| f(m))
+                    .unwrap_or_else(|| dedupe::default_key(m))
+            })
+            .collect();
+        let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+        let mut new = dedupe::mark_batch(&mut tx, &self.group, &keys, msgs)
+            .await
+            .map_err(|e| e.to_string())?;
+        let shared = Arc::new(Mutex::new(Some(tx)));
+        let ctx = Context::new(self.group.clone(), Some(pool.clone()), Some(shared.clone()));
+        let mut outcomes = Vec::with_capacity(msgs.len());
+        for (msg, key) in msgs.iter().zip(&keys) {
+            // `remove` makes a key repeated inside the batch a duplicate after its first copy.
+            if !new.remove(key) {
+                outcomes.push(Outcome::Duplicate);
+                continue;
+            }
+            let prior: u32 = h::get_str(msg.headers(), h::ATTEMPT)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let meta = EventMeta {
+                topic: base.to_owned(),
+                attempt: prior + 1,
+            };
+            if let Attempt::Failed { message, .. } = entry.route.run(msg, meta, ctx.clone()).await {
+                if let Some(tx) = shared.lock().await.take() {
+                    let _ = tx.rollback().await;
+                }
+                return Err(message);
+            }
+            outcomes.push(Outcome::Handled);
+        }
+        let tx = shared.lock().await.take();
+        let tx = tx.ok_or("the dedupe transaction vanished before commit")?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        Ok(outcomes)
+    }
+
     async fn process(&self, msg: &OwnedMessage, token: &CancellationToken) -> Outcome {
         let started = Instant::now();
         let (base, kind) = base_topic(msg.topic());

@@ -8,7 +8,9 @@
 //!   attempt (a carrier timeout), to show retries;
 //! * `SHIPPING_REJECT_EVERY=N`: orders whose amount is a multiple of N are rejected for good
 //!   (an undeliverable address), to show the dead-letter topic;
-//! * `SHIPPING_STATS_INTERVAL_MS` (default 1000): how often a stats line is printed.
+//! * `SHIPPING_STATS_INTERVAL_MS` (default 1000): how often a stats line is printed;
+//! * `SHIPPING_BATCH_SIZE` (default 32): orders shipped per dedupe transaction (the handler
+//!   writes only inside that transaction, so batching is safe).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use gregor::config::Env;
 use gregor::consumer::{
-    Consumer, ConsumerConfig, ConsumerStats, Context, Event, HandlerError, Json,
+    Consumer, ConsumerConfig, ConsumerStats, Context, Event, HandlerError, Json, RouteOptions,
 };
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -70,6 +72,12 @@ async fn ship(faults: Faults, ctx: Context, event: Event<OrderPlaced>) -> Result
 }
 
 async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    // Replicas start together: concurrent CREATE TABLE IF NOT EXISTS races in PostgreSQL, so
+    // they take turns under an advisory lock.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('shipping-service migrate'))")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS shipments (
              id          BIGSERIAL PRIMARY KEY,
@@ -82,8 +90,9 @@ async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
              attempt     INTEGER NOT NULL,
              shipped_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())",
     )
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -117,11 +126,18 @@ async fn run(env: Env) -> anyhow::Result<()> {
         reject_every: every("SHIPPING_REJECT_EVERY")?,
     };
     let interval = env.millis_or("SHIPPING_STATS_INTERVAL_MS", Duration::from_secs(1))?;
+    let options = RouteOptions {
+        batch_size: env.parse_or("SHIPPING_BATCH_SIZE", 32)?,
+        ..RouteOptions::default()
+    };
     let consumer = Consumer::builder(config)
         .pool(pool)
-        .route(&topic, Json::<OrderPlaced>::new(), move |ctx, event| {
-            ship(faults, ctx, event)
-        })
+        .route_with(
+            &topic,
+            Json::<OrderPlaced>::new(),
+            move |ctx, event| ship(faults, ctx, event),
+            options,
+        )
         .build()
         .await?;
     let metrics = consumer.metrics();
