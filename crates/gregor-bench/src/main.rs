@@ -7,6 +7,7 @@
 
 #![allow(clippy::print_stdout)]
 
+mod consumer;
 mod relay;
 mod report;
 
@@ -24,11 +25,29 @@ enum Command {
     /// Relay drain throughput (1 and 3 replicas) vs a bare producer and bare SQL, latency at a
     /// steady rate, relay RSS.
     Relay(relay::Options),
+    /// Consumer runtime throughput (JSON decode; dedupe transaction + INSERT) vs a bare
+    /// rdkafka consume loop, RSS while draining a backlog.
+    Consumer(consumer::Options),
+}
+
+/// The events every throughput scenario produces.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Workload {
+    /// Events per throughput scenario.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 1024)]
+    payload: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Relay(options) => relay::run(options).await,
+        Command::Consumer(options) => consumer::run(options).await,
     }
 }

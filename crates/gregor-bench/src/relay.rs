@@ -20,20 +20,14 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::Workload;
 use crate::report::{emit, quantile};
 
 /// Relay benchmark options.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Options {
-    /// Events per drain.
-    #[arg(long, default_value_t = 200_000)]
-    events: u64,
-    /// Payload bytes per event.
-    #[arg(long, default_value_t = 1024)]
-    payload: usize,
-    /// Distinct keys.
-    #[arg(long, default_value_t = 1000)]
-    keys: u64,
+    #[command(flatten)]
+    work: Workload,
     /// Events per second in the latency scenario.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
@@ -51,7 +45,7 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
     let relay_bin = relay_binary()?;
     println!(
         "relay benchmark: {} events of {} bytes over {} keys, {} partitions",
-        o.events, o.payload, o.keys, o.partitions
+        o.work.events, o.work.payload, o.work.keys, o.partitions
     );
 
     let producer_rate = bare_producer(&bootstrap, &o).await?;
@@ -59,7 +53,7 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
 
     let db = TestDb::create_on(&server, "bench").await?;
     fill(&db.pool, "unused", &o).await?;
-    let sql_rate = bare_sql_drain(&db.pool, o.events).await?;
+    let sql_rate = bare_sql_drain(&db.pool, o.work.events).await?;
     println!("baseline (b) bare SQL read+delete: {sql_rate:.0} rows/s");
     let baseline = producer_rate.min(sql_rate);
 
@@ -68,7 +62,7 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
         let topic = unique_name("bench-relay");
         kafka::create_topic_on(&bootstrap, &topic, o.partitions).await?;
         fill(&db.pool, &topic, &o).await?;
-        let (rate, rss) = relay_drain(&db, &bootstrap, &relay_bin, replicas, o.events).await?;
+        let (rate, rss) = relay_drain(&db, &bootstrap, &relay_bin, replicas, o.work.events).await?;
         peak_rss_kib = peak_rss_kib.max(rss);
         emit(
             &format!(
@@ -82,7 +76,7 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
                 ("baseline_producer", json!(producer_rate.round())),
                 ("baseline_sql", json!(sql_rate.round())),
                 ("replicas", json!(replicas)),
-                ("events", json!(o.events)),
+                ("events", json!(o.work.events)),
                 ("target_ratio", json!(0.7)),
             ],
         );
@@ -160,8 +154,8 @@ async fn bare_producer(bootstrap: &str, o: &Options) -> anyhow::Result<f64> {
     let topic = unique_name("bench-bare");
     kafka::create_topic_on(bootstrap, &topic, o.partitions).await?;
     let producer: FutureProducer = producer_config(bootstrap).create()?;
-    let payload = vec![b'x'; o.payload];
-    let keys: Vec<String> = (0..o.events).map(|i| key(i, o.keys)).collect();
+    let payload = vec![b'x'; o.work.payload];
+    let keys: Vec<String> = (0..o.work.events).map(|i| key(i, o.work.keys)).collect();
     let started = Instant::now();
     let mut pending = Vec::with_capacity(10_000);
     for k in &keys {
@@ -192,21 +186,21 @@ async fn bare_producer(bootstrap: &str, o: &Options) -> anyhow::Result<f64> {
     for f in pending {
         f.await?.map_err(|(e, _)| e)?;
     }
-    Ok(o.events as f64 / started.elapsed().as_secs_f64())
+    Ok(o.work.events as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Fills the outbox through the library's batch enqueue.
 async fn fill(pool: &PgPool, topic: &str, o: &Options) -> anyhow::Result<()> {
-    let payload = vec![b'x'; o.payload];
+    let payload = vec![b'x'; o.work.payload];
     let mut i = 0;
-    while i < o.events {
-        let end = (i + 5000).min(o.events);
+    while i < o.work.events {
+        let end = (i + 5000).min(o.work.events);
         let mut tx = pool.begin().await?;
         gregor_outbox::enqueue_batch(
             &mut tx,
             (i..end).map(|n| {
                 OutboxMessage::new(topic, "bench", "/bench")
-                    .key(key(n, o.keys))
+                    .key(key(n, o.work.keys))
                     .payload(payload.clone())
             }),
         )
@@ -403,22 +397,31 @@ async fn latency(
 
     let total = o.rate * o.seconds;
     let committed: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+    // The reader connects and starts fetching before the first commit, so its start-up is
+    // not counted as relay latency.
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (bootstrap, topic, committed) =
             (bootstrap.to_owned(), topic.clone(), committed.clone());
-        let partitions = o.partitions;
+        let (partitions, ready) = (o.partitions, ready.clone());
         tokio::task::spawn_blocking(move || {
-            read_latencies(&bootstrap, &topic, partitions, total, &committed)
+            read_latencies(&bootstrap, &topic, partitions, total, &committed, &ready)
         })
     };
+    poll(
+        Duration::from_secs(30),
+        "the latency reader to fetch",
+        || async { Ok(ready.load(std::sync::atomic::Ordering::SeqCst)) },
+    )
+    .await?;
     let writers = 4u64;
     let mut tasks = Vec::new();
     for w in 0..writers {
         let (pool, topic, committed) = (db.pool.clone(), topic.clone(), committed.clone());
         let per_writer = total / writers;
         let period = Duration::from_micros(1_000_000 * writers / o.rate.max(1));
-        let payload = vec![b'x'; o.payload];
-        let keys = o.keys;
+        let payload = vec![b'x'; o.work.payload];
+        let keys = o.work.keys;
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             for i in 0..per_writer {
@@ -454,11 +457,11 @@ async fn latency(
     kafka::create_topic_on(bootstrap, &bare_topic, o.partitions).await?;
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / o.rate.max(1)));
     let mut acks = Vec::new();
-    let payload = vec![b'x'; o.payload];
+    let payload = vec![b'x'; o.work.payload];
     for i in 0..total {
         tick.tick().await;
         let sent = Instant::now();
-        let k = key(i, o.keys);
+        let k = key(i, o.work.keys);
         let delivery = producer
             .send_result(
                 FutureRecord::to(&bare_topic)
@@ -490,6 +493,7 @@ fn read_latencies(
     partitions: i32,
     total: u64,
     committed: &Mutex<HashMap<Uuid, Instant>>,
+    ready: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<Vec<f64>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -505,8 +509,14 @@ fn read_latencies(
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut samples = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     let mut seen = std::collections::HashSet::new();
+    let mut empty_polls = 0;
     while (seen.len() as u64) < total && Instant::now() < deadline {
         let Some(msg) = consumer.poll(Duration::from_millis(100)) else {
+            // A few empty fetches: connected and fetching from every partition.
+            empty_polls += 1;
+            if empty_polls == 5 {
+                ready.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             continue;
         };
         let msg = msg?;

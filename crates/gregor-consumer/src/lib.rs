@@ -176,6 +176,9 @@ impl ConsumerBuilder {
                 ("auto.offset.reset", "earliest"),
                 ("partition.assignment.strategy", "cooperative-sticky"),
                 ("queued.max.messages.kbytes", "16384"),
+                // Short fetch waits and queue backoff: a resumed partition refetches at once.
+                ("fetch.wait.max.ms", "100"),
+                ("fetch.queue.backoff.ms", "20"),
             ])
             .set("group.id", &config.group)
             .set("enable.auto.commit", "false")
@@ -213,6 +216,7 @@ impl ConsumerBuilder {
                 worker,
                 key_concurrency: config.key_concurrency,
                 lane_capacity,
+                pause_at: config.queue_capacity,
                 commit_interval: config.commit_interval,
                 shutdown_timeout: config.shutdown_timeout,
             },

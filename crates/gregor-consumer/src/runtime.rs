@@ -91,6 +91,8 @@ pub(crate) struct PollLoop {
     pub(crate) worker: Arc<Worker>,
     pub(crate) key_concurrency: usize,
     pub(crate) lane_capacity: usize,
+    /// Messages waiting (beyond the lanes) at which a partition is paused.
+    pub(crate) pause_at: usize,
     pub(crate) commit_interval: Duration,
     pub(crate) shutdown_timeout: Duration,
 }
@@ -204,8 +206,8 @@ impl PollLoop {
         }
     }
 
-    /// Moves waiting messages into their lanes in order; pauses the partition when a lane is
-    /// full, resumes it when nothing waits any more. Memory stays bounded by the lane
+    /// Moves waiting messages into their lanes in order; pauses the partition when a queue's
+    /// worth of messages waits, resumes it at half. Memory stays bounded by twice the queue
     /// capacity plus what librdkafka had prefetched.
     fn feed(&self, key: &PartKey, p: &mut Partition) {
         while let Some(msg) = p.waiting.pop_front() {
@@ -223,7 +225,13 @@ impl PollLoop {
                 }
             }
         }
-        let want_pause = !p.waiting.is_empty();
+        // Hysteresis: pausing makes librdkafka drop its prefetch for the partition and fetch
+        // again on resume, so pause only when a full queue's worth waits, resume at half.
+        let want_pause = if p.paused {
+            p.waiting.len() > self.pause_at / 2
+        } else {
+            p.waiting.len() >= self.pause_at
+        };
         if want_pause != p.paused {
             let mut one = TopicPartitionList::new();
             one.add_partition(&key.0, key.1);
