@@ -463,3 +463,53 @@ async fn batched_dedupe_transactions_keep_effects_exactly_once_and_isolate_a_fai
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_swallows_an_sql_error_is_not_counted_as_handled() -> anyhow::Result<()> {
+    let db = TestDb::create("aborted").await?;
+    sqlx::query("CREATE TABLE unique_things (id TEXT PRIMARY KEY)")
+        .execute(&db.pool)
+        .await?;
+    sqlx::query("INSERT INTO unique_things VALUES ('taken')")
+        .execute(&db.pool)
+        .await?;
+    let topic = unique_name("aborted");
+    kafka::create_topic_family(&topic, 1, 1).await?;
+    let config = consumer_config(
+        &unique_name("g"),
+        Some(&db.url),
+        &[
+            ("GREGOR_CONSUMER_IN_PLACE_ATTEMPTS", "1"),
+            ("GREGOR_CONSUMER_RETRY_TIERS", "100ms"),
+        ],
+    )?;
+    let consumer = InProcessConsumer::start(Consumer::builder(config).route(
+        &topic,
+        Raw,
+        |ctx: Context, _event: Event<Vec<u8>>| async move {
+            let mut tx = ctx.transaction().await?;
+            // "Idempotent" insert that ignores the conflict error: the transaction is aborted.
+            let _ = sqlx::query("INSERT INTO unique_things VALUES ('taken')")
+                .execute(&mut *tx)
+                .await;
+            Ok::<(), HandlerError>(())
+        },
+    ))
+    .await?;
+    kafka::produce(&topic, vec![event("k", "id-aborted")]).await?;
+    let dead = kafka::read_topic(&format!("{topic}.dlq"), 1, WAIT).await?;
+    assert_eq!(dead[0].header(h::ATTEMPT).as_deref(), Some("2"));
+    let message = dead[0].header(h::ERROR_MESSAGE).unwrap();
+    assert!(message.contains("aborted"), "{message}");
+    let stats = consumer.metrics.stats();
+    assert_eq!(
+        stats.handled, 0,
+        "an aborted transaction is never a handled message"
+    );
+    consumer.stop().await?;
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM gregor_inbox")
+        .fetch_one(&db.pool)
+        .await?;
+    assert_eq!(inbox, 0, "no dedupe mark without the effects");
+    Ok(())
+}

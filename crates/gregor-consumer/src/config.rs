@@ -147,6 +147,17 @@ impl ConsumerConfig {
         if self.retry.tiers.len() > 20 {
             return invalid("GREGOR_CONSUMER_RETRY_TIERS", "at most 20 tiers");
         }
+        if self
+            .retry
+            .tiers
+            .iter()
+            .any(|d| *d > Duration::from_secs(7 * 24 * 3600))
+        {
+            return invalid(
+                "GREGOR_CONSUMER_RETRY_TIERS",
+                "a retry delay must be at most 7 days",
+            );
+        }
         if !(1..=256).contains(&self.key_concurrency) {
             return invalid("GREGOR_CONSUMER_KEY_CONCURRENCY", "must be 1 to 256");
         }
@@ -259,7 +270,7 @@ mod tests {
 
     #[test]
     fn malformed_tiers_name_the_variable() {
-        for bad in ["1x", "abc", "1s,,2s", "0s", ""] {
+        for bad in ["1x", "abc", "1s,,2s", "0s", "200h", ""] {
             let err = ConsumerConfig::from_env(&env().with("GREGOR_CONSUMER_RETRY_TIERS", bad));
             if bad.is_empty() {
                 assert!(err.is_ok(), "empty means unset");

@@ -34,6 +34,29 @@ pub(crate) fn default_key(msg: &OwnedMessage) -> String {
     }
 }
 
+/// The dedupe key of `msg`: the route's extractor (a panicking extractor falls back to the
+/// default rather than killing the lane), else [`default_key`].
+pub(crate) fn key_of(custom: Option<&crate::DedupeKeyFn>, msg: &OwnedMessage) -> String {
+    custom
+        .and_then(|f| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(msg))).unwrap_or_else(|_| {
+                tracing::error!("the dedupe key extractor panicked; using the default key");
+                None
+            })
+        })
+        .unwrap_or_else(|| default_key(msg))
+}
+
+/// Commits the handler's transaction, first checking it is still alive: PostgreSQL aborts a
+/// transaction after any failed statement and then answers `COMMIT` with a rollback, which
+/// sqlx reports as success. A handler that swallowed an SQL error must not count as handled.
+pub(crate) async fn commit_checked(
+    mut tx: Transaction<'static, Postgres>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(&mut *tx).await?;
+    tx.commit().await
+}
+
 /// Writes the dedupe row; false when it already exists (a duplicate).
 pub(crate) async fn mark(
     tx: &mut Transaction<'static, Postgres>,

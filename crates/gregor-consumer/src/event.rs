@@ -105,7 +105,12 @@ impl Context {
                 "no dedupe transaction: the consumer has no DATABASE_URL or the route opted out",
             )
         })?;
-        OwnedMutexGuard::try_map(tx.clone().lock_owned().await, Option::as_mut)
+        let guard = tx.clone().try_lock_owned().map_err(|_| {
+            HandlerError::permanent(
+                "the dedupe transaction is already borrowed: drop the previous Tx first",
+            )
+        })?;
+        OwnedMutexGuard::try_map(guard, Option::as_mut)
             .map(|guard| Tx { guard })
             .map_err(|_| HandlerError::retryable("the dedupe transaction has already ended"))
     }

@@ -45,6 +45,16 @@ impl ConsumerContext for GroupContext {
         }
     }
 
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // A partition paused by an earlier owner-ship of this process stays paused in
+        // librdkafka across revoke and re-assignment: newly assigned partitions start fetching.
+        if let Rebalance::Assign(tpl) = rebalance
+            && let Err(e) = consumer.resume(tpl)
+        {
+            tracing::warn!(error = %e, "could not resume newly assigned partitions");
+        }
+    }
+
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Err(e) = result {
             tracing::warn!(error = %e, "offset commit failed; retrying on the next tick");
@@ -218,8 +228,13 @@ impl PollLoop {
                     p.waiting.push_front(msg);
                     break;
                 }
-                // The lane ended (revoked or shut down): nothing more to do here.
+                // The lane ended (revoked or shut down): nothing more to do here. The offsets
+                // stay tracked, so nothing is committed past them.
                 Err(mpsc::error::TrySendError::Closed(_)) => {
+                    if self.worker.offsets.is_current(key, p.generation) {
+                        tracing::error!(topic = %key.0, partition = key.1,
+                            "a handler lane stopped unexpectedly; the partition waits for a rebalance");
+                    }
                     p.waiting.clear();
                     break;
                 }

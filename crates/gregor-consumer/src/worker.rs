@@ -69,8 +69,12 @@ pub(crate) async fn lane(
                 Err(_) => break,
             }
         }
-        for _ in &batch {
+        for begun in 0..batch.len() {
             if !worker.offsets.begin(&key, generation) {
+                // Revoked meanwhile: undo what was begun (nothing ran), then stop.
+                for m in &batch[..begun] {
+                    worker.offsets.finish(&key, generation, m.offset(), false);
+                }
                 return;
             }
         }
@@ -155,13 +159,7 @@ impl Worker {
     ) -> Result<Vec<Outcome>, String> {
         let keys: Vec<String> = msgs
             .iter()
-            .map(|m| {
-                entry
-                    .dedupe_key
-                    .as_ref()
-                    .and_then(|f| f(m))
-                    .unwrap_or_else(|| dedupe::default_key(m))
-            })
+            .map(|m| dedupe::key_of(entry.dedupe_key.as_ref(), m))
             .collect();
         let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
         let mut new = dedupe::mark_batch(&mut tx, &self.group, &keys, msgs)
@@ -193,7 +191,9 @@ impl Worker {
         }
         let tx = shared.lock().await.take();
         let tx = tx.ok_or("the dedupe transaction vanished before commit")?;
-        tx.commit().await.map_err(|e| e.to_string())?;
+        dedupe::commit_checked(tx)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(outcomes)
     }
 
@@ -226,7 +226,7 @@ impl Worker {
         };
         let mut tries = 0;
         let mut unavailable = 0;
-        let (kind_failed, message) = loop {
+        let (kind_failed, message, attempts) = loop {
             let attempt = prior + tries + 1;
             match self.attempt(entry, msg, base, attempt).await {
                 AttemptResult::Handled => {
@@ -254,11 +254,11 @@ impl Worker {
                             }
                             continue;
                         }
-                        ErrorKind::Permanent | ErrorKind::Decode => break (kind, message),
+                        ErrorKind::Permanent | ErrorKind::Decode => break (kind, message, attempt),
                         ErrorKind::Retryable | ErrorKind::Panic => {
                             tries += 1;
                             if tries >= in_place {
-                                break (kind, message);
+                                break (kind, message, attempt);
                             }
                             if !sleep(policy.backoff_after(tries), token).await {
                                 return Outcome::Abandoned;
@@ -268,7 +268,6 @@ impl Worker {
                 }
             }
         };
-        let attempts = prior + tries.max(1);
         let retry_next = matches!(kind_failed, ErrorKind::Retryable | ErrorKind::Panic);
         let tier_next = match kind {
             TopicKind::Main => 1,
@@ -280,7 +279,7 @@ impl Worker {
                 retry_topic(base, tier_next),
                 chrono::Duration::from_std(*delay)
                     .ok()
-                    .map(|d| Utc::now() + d),
+                    .and_then(|d| Utc::now().checked_add_signed(d)),
                 outcome::RETRIED,
             ),
             _ => (dlq_topic(base), None, outcome::DEAD_LETTERED),
@@ -332,11 +331,7 @@ impl Worker {
                 return entry.route.run(msg, meta, ctx).await.into();
             }
         };
-        let key = entry
-            .dedupe_key
-            .as_ref()
-            .and_then(|f| f(msg))
-            .unwrap_or_else(|| dedupe::default_key(msg));
+        let key = dedupe::key_of(entry.dedupe_key.as_ref(), msg);
         let db_failed =
             |e: sqlx::Error| AttemptResult::Failed(ErrorKind::Retryable, format!("dedupe: {e}"));
         let mut tx = match pool.begin().await {
@@ -356,7 +351,7 @@ impl Worker {
         let result = entry.route.run(msg, meta, ctx).await;
         let tx = shared.lock().await.take();
         match (result, tx) {
-            (Attempt::Ok, Some(tx)) => match tx.commit().await {
+            (Attempt::Ok, Some(tx)) => match dedupe::commit_checked(tx).await {
                 Ok(()) => AttemptResult::Handled,
                 Err(e) => db_failed(e),
             },
