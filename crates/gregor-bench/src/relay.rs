@@ -278,6 +278,12 @@ fn spawn_relay(
         .env("GREGOR_RELAY_HTTP_ADDR", "off")
         .env("GREGOR_RELAY_LEASE_TTL_MS", "3000")
         .env("RUST_LOG", "warn")
+        // KAFKA_* and GREGOR_RELAY_* of the benchmark's own environment reach the relay, so
+        // settings can be compared (`KAFKA_LINGER_MS=1 gregor-bench relay`).
+        .envs(std::env::vars().filter(|(k, _)| {
+            (k.starts_with("KAFKA_") && k != "KAFKA_BOOTSTRAP_SERVERS")
+                || (k.starts_with("GREGOR_RELAY_") && k != "GREGOR_RELAY_NAME")
+        }))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
