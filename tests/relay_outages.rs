@@ -103,8 +103,11 @@ async fn drained(pool: &PgPool) -> anyhow::Result<()> {
     .await
 }
 
+/// Waits until `n` events were published. Recovery after an outage can take the producer's
+/// `message.timeout.ms` (30 s) plus reconnect backoff before queued sends are retried, hence
+/// the generous bound.
 async fn published_at_least(pool: &PgPool, n: i64) -> anyhow::Result<()> {
-    wait_until(Duration::from_secs(60), &format!("{n} events published"), || async {
+    wait_until(Duration::from_secs(120), &format!("{n} events published"), || async {
         let (committed, left): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT coalesce(sum(seq), 0)::bigint FROM aggregate), (SELECT count(*) FROM gregor_outbox)",
         )
