@@ -48,6 +48,13 @@ struct Pass {
     shards: Vec<i16>,
 }
 
+/// A claim read ahead for the next iteration.
+struct Prefetched {
+    shards: Vec<i16>,
+    after_id: i64,
+    claimed: Result<store::Claimed, sqlx::Error>,
+}
+
 impl Pass {
     fn new(shards: Vec<i16>) -> Self {
         Self {
@@ -66,6 +73,9 @@ impl ClaimLoop {
         let mut pass = Pass::new(Vec::new());
         let mut backoff = Backoff::default();
         let batch = i64::from(self.config.batch_size);
+        // The next batch, read while the previous one was being published (a claim is a pure
+        // read). Used only if the pass and its shards are unchanged since it was read.
+        let mut prefetched: Option<Prefetched> = None;
         while !cancel.is_cancelled() {
             // No batch is in flight here: the safe point to hand shards back.
             let releasing = self.leases.releasing();
@@ -80,7 +90,10 @@ impl ClaimLoop {
                 self.wait_for_work(cancel).await;
                 continue;
             }
-            let claimed = store::claim(&self.pool, &shards, pass.after_id, &pass.late, batch).await;
+            let claimed = match prefetched.take() {
+                Some(p) if p.shards == shards && p.after_id == pass.after_id => p.claimed,
+                _ => store::claim(&self.pool, &shards, pass.after_id, &pass.late, batch).await,
+            };
             let mut rows = match claimed {
                 Ok(claimed) => {
                     if let Some(in_progress) = claimed.in_progress {
@@ -95,6 +108,9 @@ impl ClaimLoop {
                 }
             };
             backoff.reset();
+            // A full batch means a backlog: read the next batch while publishing this one.
+            // Otherwise claim afresh after publishing, which keeps the latency low.
+            let read_ahead = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= batch;
             let Some(last) = rows.last() else {
                 self.wait_for_work(cancel).await;
                 continue;
@@ -106,7 +122,20 @@ impl ClaimLoop {
             if rows.is_empty() {
                 continue;
             }
-            let Some(outcome) = self.publish(rows, &mut pass.blocked, cancel).await else {
+            let published = if read_ahead {
+                let next = store::claim(&self.pool, &shards, pass.after_id, &pass.late, batch);
+                let (published, next) =
+                    tokio::join!(self.publish(rows, &mut pass.blocked, cancel), next);
+                prefetched = Some(Prefetched {
+                    shards,
+                    after_id: pass.after_id,
+                    claimed: next,
+                });
+                published
+            } else {
+                self.publish(rows, &mut pass.blocked, cancel).await
+            };
+            let Some(outcome) = published else {
                 tracing::warn!(
                     "shutdown timeout reached with publishes in flight; rows stay in the outbox"
                 );
