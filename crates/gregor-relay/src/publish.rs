@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use gregor_config::KafkaSettings;
+use gregor_wire::headers as h;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -208,38 +209,38 @@ pub(crate) fn cloudevents_headers(row: &OutboxRow) -> OwnedHeaders {
         .unwrap_or("application/octet-stream");
     let mut headers = OwnedHeaders::new_with_capacity(8 + row.header_names.len())
         .insert(Header {
-            key: "ce_specversion",
+            key: h::CE_SPECVERSION,
             value: Some("1.0"),
         })
         .insert(Header {
-            key: "ce_id",
+            key: h::CE_ID,
             value: Some(event_id.as_str()),
         })
         .insert(Header {
-            key: "ce_type",
+            key: h::CE_TYPE,
             value: Some(row.event_type.as_str()),
         })
         .insert(Header {
-            key: "ce_source",
+            key: h::CE_SOURCE,
             value: Some(row.event_source.as_str()),
         })
         .insert(Header {
-            key: "ce_time",
+            key: h::CE_TIME,
             value: Some(time.as_str()),
         })
         .insert(Header {
-            key: "content-type",
+            key: h::CONTENT_TYPE,
             value: Some(content_type),
         });
     if let Some(tp) = &row.traceparent {
         headers = headers.insert(Header {
-            key: "traceparent",
+            key: h::TRACEPARENT,
             value: Some(tp.as_str()),
         });
     }
     if let Some(ts) = &row.tracestate {
         headers = headers.insert(Header {
-            key: "tracestate",
+            key: h::TRACESTATE,
             value: Some(ts.as_str()),
         });
     }
