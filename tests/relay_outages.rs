@@ -118,24 +118,53 @@ async fn published_at_least(pool: &PgPool, n: i64) -> anyhow::Result<()> {
     .await
 }
 
+/// The relay plus a steady stream of enqueued events, running until [`Load::finish`].
+struct Load {
+    relay: InProcessRelay,
+    stop: Arc<AtomicBool>,
+    attempts: Arc<AtomicU64>,
+    producer: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    /// Creates the aggregate table and `topic`, starts the relay and the producers, and waits
+    /// until the first 300 events went out.
+    async fn start(db: &TestDb, bootstrap: &str, topic: &str) -> anyhow::Result<Self> {
+        setup_aggregate(&db.pool).await?;
+        kafka::create_topic_on(bootstrap, topic, 3).await?;
+        let relay = InProcessRelay::start(&db.url, bootstrap, &[])?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let attempts = Arc::new(AtomicU64::new(0));
+        let producer = tokio::spawn(produce(
+            db.pool.clone(),
+            topic.to_owned(),
+            stop.clone(),
+            attempts.clone(),
+        ));
+        published_at_least(&db.pool, 300).await?;
+        Ok(Self {
+            relay,
+            stop,
+            attempts,
+            producer,
+        })
+    }
+
+    /// Stops enqueueing, waits for the outbox to drain and stops the relay.
+    async fn finish(self, pool: &PgPool) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.producer.await?;
+        drained(pool).await?;
+        self.relay.stop().await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_for_ten_seconds_loses_nothing() -> anyhow::Result<()> {
     let mut broker = PrivateBroker::start().await?;
     let db = TestDb::create("brokerdown").await?;
-    setup_aggregate(&db.pool).await?;
     let topic = unique_name("outage");
-    kafka::create_topic_on(&broker.bootstrap(), &topic, 3).await?;
-    let relay = InProcessRelay::start(&db.url, &broker.bootstrap(), &[])?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let attempts = Arc::new(AtomicU64::new(0));
-    let producer = tokio::spawn(produce(
-        db.pool.clone(),
-        topic.clone(),
-        stop.clone(),
-        attempts.clone(),
-    ));
-
-    published_at_least(&db.pool, 300).await?;
+    let load = Load::start(&db, &broker.bootstrap(), &topic).await?;
     broker.stop()?;
     // The outage itself lasts 10 s by specification; events keep being enqueued meanwhile.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -149,10 +178,7 @@ async fn broker_down_for_ten_seconds_loses_nothing() -> anyhow::Result<()> {
         .fetch_one(&db.pool)
         .await?;
     published_at_least(&db.pool, committed_now).await?;
-    stop.store(true, Ordering::Relaxed);
-    producer.await?;
-    drained(&db.pool).await?;
-    relay.stop().await?;
+    load.finish(&db.pool).await?;
     let total = verify(&db.pool, &broker.bootstrap(), &topic).await?;
     eprintln!("broker outage: {total} events verified, {backlog} were waiting during the outage");
     Ok(())
@@ -162,22 +188,11 @@ async fn broker_down_for_ten_seconds_loses_nothing() -> anyhow::Result<()> {
 async fn postgres_restart_loses_nothing() -> anyhow::Result<()> {
     let pg = PrivatePostgres::start().await?;
     let db = TestDb::create_on(&pg.url(), "pgrestart").await?;
-    setup_aggregate(&db.pool).await?;
     let topic = unique_name("pgrestart");
     let bootstrap = kafka_bootstrap()?;
-    kafka::create_topic(&topic, 3).await?;
-    let relay = InProcessRelay::start(&db.url, &bootstrap, &[])?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let attempts = Arc::new(AtomicU64::new(0));
-    let producer = tokio::spawn(produce(
-        db.pool.clone(),
-        topic.clone(),
-        stop.clone(),
-        attempts.clone(),
-    ));
-
-    published_at_least(&db.pool, 300).await?;
+    let load = Load::start(&db, &bootstrap, &topic).await?;
     pg.stop()?;
+    let attempts = load.attempts.clone();
     let before = attempts.load(Ordering::Relaxed);
     wait_until(
         Duration::from_secs(60),
@@ -190,10 +205,7 @@ async fn postgres_restart_loses_nothing() -> anyhow::Result<()> {
         .fetch_one(&db.pool)
         .await?;
     published_at_least(&db.pool, committed_now + 200).await?;
-    stop.store(true, Ordering::Relaxed);
-    producer.await?;
-    drained(&db.pool).await?;
-    relay.stop().await?;
+    load.finish(&db.pool).await?;
     let total = verify(&db.pool, &bootstrap, &topic).await?;
     eprintln!("postgres restart: {total} events verified");
     Ok(())
