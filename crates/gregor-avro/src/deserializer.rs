@@ -1,0 +1,192 @@
+//! Decoding framed messages into typed values, resolving each writer schema against the
+//! consumer's reader schema once per schema id.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::marker::PhantomData;
+use std::sync::{Arc, RwLock};
+
+use apache_avro::Schema;
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
+use serde::de::DeserializeOwned;
+
+use crate::{AvroError, RegistryClient, compat, wire};
+
+/// Both schemas a cached reader borrows from.
+#[derive(Debug)]
+struct Schemas {
+    writer: Arc<Schema>,
+    reader: Option<Arc<Schema>>,
+}
+
+self_cell::self_cell!(
+    /// A datum reader built once per writer schema id, owning the schemas it borrows.
+    struct CachedReader {
+        owner: Schemas,
+        #[covariant]
+        dependent: GenericDatumReader,
+    }
+);
+
+/// What a writer schema id turned out to be: readable, or why not.
+type Plan = Result<CachedReader, String>;
+
+/// Decodes Confluent-framed Avro into `T`.
+///
+/// The first message with a given schema id fetches the writer schema (one HTTP call, then
+/// cached), checks it can be read with the reader schema, and builds a resolving reader; every
+/// later message with that id decodes without touching the registry.
+///
+/// ```no_run
+/// use gregor_avro::{AvroDeserializer, RegistryClient, RegistryConfig};
+///
+/// #[derive(serde::Deserialize)]
+/// struct OrderPlaced { id: i64 }
+///
+/// # async fn run(bytes: &[u8]) -> Result<(), gregor_avro::AvroError> {
+/// let client = RegistryClient::new(RegistryConfig::new("http://127.0.0.1:8081"))?;
+/// let reader = r#"{"type":"record","name":"OrderPlaced","fields":[{"name":"id","type":"long"}]}"#;
+/// let orders = AvroDeserializer::<OrderPlaced>::new(client, reader)?;
+/// let order = orders.decode(bytes).await?;
+/// # let _ = order.id; Ok(()) }
+/// ```
+pub struct AvroDeserializer<T> {
+    client: RegistryClient,
+    reader: Option<Arc<Schema>>,
+    plans: RwLock<HashMap<u32, Arc<Plan>>>,
+    target: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for AvroDeserializer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AvroDeserializer")
+            .field("reader", &self.reader.as_ref().map(|s| s.canonical_form()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> AvroDeserializer<T> {
+    /// Decodes with `reader_schema` (an `.avsc` document): writer schemas are resolved
+    /// against it (added fields take their defaults, removed ones are skipped, promotions).
+    pub fn new(client: RegistryClient, reader_schema: &str) -> Result<Self, AvroError> {
+        let reader = Schema::parse_str(reader_schema)
+            .map_err(|e| AvroError::InvalidSchema(format!("reader schema: {e}")))?;
+        Ok(Self::with_reader(client, Some(reader)))
+    }
+
+    /// Decodes with whatever schema each message was written with (no resolution).
+    pub fn writer_schema_only(client: RegistryClient) -> Self {
+        Self::with_reader(client, None)
+    }
+
+    fn with_reader(client: RegistryClient, reader: Option<Schema>) -> Self {
+        Self {
+            client,
+            reader: reader.map(Arc::new),
+            plans: RwLock::new(HashMap::new()),
+            target: PhantomData,
+        }
+    }
+
+    /// The reader schema, when one was given.
+    pub fn reader_schema(&self) -> Option<&Schema> {
+        self.reader.as_deref()
+    }
+
+    /// Decodes one framed message into an Avro [`Value`] shaped by the reader schema.
+    pub async fn decode_value(&self, bytes: &[u8]) -> Result<Value, AvroError> {
+        let (id, body) = wire::split(bytes)?;
+        let plan = self.plan(id).await?;
+        let reader = Result::as_ref(&plan).map_err(|reason| AvroError::Incompatible {
+            id,
+            reason: reason.clone(),
+        })?;
+        let mut input = Guarded {
+            rest: body,
+            short: false,
+        };
+        let value = reader
+            .borrow_dependent()
+            .read_value(&mut input)
+            .map_err(|e| AvroError::Body {
+                id,
+                reason: crate::error_chain(&e),
+            })?;
+        // apache-avro turns an early end inside a string, boolean or union into a null
+        // instead of an error; a read past the end is the only reliable sign of truncation.
+        if input.short {
+            return Err(AvroError::Body {
+                id,
+                reason: format!(
+                    "truncated: the {}-byte body ends before the value does",
+                    body.len()
+                ),
+            });
+        }
+        let rest = input.rest;
+        if !rest.is_empty() {
+            return Err(AvroError::Body {
+                id,
+                reason: format!(
+                    "{} trailing bytes after the value ({} bytes decoded)",
+                    rest.len(),
+                    body.len() - rest.len()
+                ),
+            });
+        }
+        Ok(value)
+    }
+
+    async fn plan(&self, id: u32) -> Result<Arc<Plan>, AvroError> {
+        if let Some(plan) = self.plans.read().ok().and_then(|p| p.get(&id).cloned()) {
+            return Ok(plan);
+        }
+        let writer = self.client.schema_by_id(id).await?;
+        let plan = Arc::new(self.build(writer));
+        if let Ok(mut plans) = self.plans.write() {
+            plans.insert(id, Arc::clone(&plan));
+        }
+        Ok(plan)
+    }
+
+    fn build(&self, writer: Arc<Schema>) -> Plan {
+        // Identical schemas need no resolution pass.
+        let reader = self.reader.clone().filter(|r| **r != *writer);
+        if let Some(reader) = &reader {
+            compat::can_read(&writer, reader)?;
+        }
+        CachedReader::try_new(Schemas { writer, reader }, |s| {
+            GenericDatumReader::builder(&s.writer)
+                .maybe_reader_schema(s.reader.as_deref())
+                .build()
+        })
+        .map_err(|e| crate::error_chain(&e))
+    }
+}
+
+/// A byte slice that remembers whether the decoder asked for more than was left.
+struct Guarded<'a> {
+    rest: &'a [u8],
+    short: bool,
+}
+
+impl Read for Guarded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.short |= buf.len() > self.rest.len();
+        self.rest.read(buf)
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        self.short |= buf.len() > self.rest.len();
+        self.rest.read_exact(buf)
+    }
+}
+
+impl<T: DeserializeOwned> AvroDeserializer<T> {
+    /// Decodes one framed message into `T`.
+    pub async fn decode(&self, bytes: &[u8]) -> Result<T, AvroError> {
+        let value = self.decode_value(bytes).await?;
+        apache_avro::from_value(&value).map_err(|e| AvroError::Mismatch(crate::error_chain(&e)))
+    }
+}
