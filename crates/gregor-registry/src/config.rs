@@ -1,0 +1,216 @@
+use std::net::SocketAddr;
+
+use gregor_config::{ConfigError, DatabaseUrl, Env, Secret};
+
+/// Registry settings. [`RegistryConfig::from_env`] reads them from the variables in the
+/// README's table.
+///
+/// [`Default`] is an in-memory registry on `127.0.0.1:8081` without auth: the one setup that
+/// needs nothing else. `from_env` defaults to PostgreSQL storage instead, because that is
+/// what survives a restart.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// `GREGOR_REGISTRY_LISTEN`: the address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// `GREGOR_REGISTRY_STORAGE` (`postgres` or `memory`) and `DATABASE_URL`.
+    pub storage: Storage,
+    /// `GREGOR_REGISTRY_USERNAME` and `GREGOR_REGISTRY_PASSWORD`: when set, every request
+    /// must carry them as HTTP basic auth.
+    pub auth: Option<BasicAuth>,
+}
+
+/// Where the registry keeps its data.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// In process memory: lost at exit. For tests.
+    Memory,
+    /// In PostgreSQL (`gregor_registry_*` tables, created at start).
+    Postgres(DatabaseUrl),
+}
+
+/// HTTP basic auth credentials; `Debug` never shows the password.
+#[derive(Debug, Clone)]
+pub struct BasicAuth {
+    /// The user name (no `:`).
+    pub username: String,
+    /// The password.
+    pub password: Secret<String>,
+}
+
+/// The default listen address, Confluent's port on the loopback interface.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8081,
+));
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            storage: Storage::Memory,
+            auth: None,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// Reads and validates the configuration; errors name the variable at fault.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let listen = match env.get("GREGOR_REGISTRY_LISTEN") {
+            None => DEFAULT_LISTEN,
+            Some(raw) => raw.trim().parse().map_err(|e| {
+                ConfigError::invalid(
+                    "GREGOR_REGISTRY_LISTEN",
+                    format!("{e} (expected host:port, e.g. 127.0.0.1:8081; got {raw:?})"),
+                )
+            })?,
+        };
+        let storage = match env
+            .get("GREGOR_REGISTRY_STORAGE")
+            .map(|s| s.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("postgres" | "postgresql") => Storage::Postgres(DatabaseUrl::parse(
+                "DATABASE_URL",
+                env.require("DATABASE_URL")?,
+            )?),
+            Some("memory") => Storage::Memory,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "GREGOR_REGISTRY_STORAGE",
+                    format!("expected postgres or memory, got {other:?}"),
+                ));
+            }
+        };
+        let auth = match (
+            env.get("GREGOR_REGISTRY_USERNAME"),
+            env.get("GREGOR_REGISTRY_PASSWORD"),
+        ) {
+            (None, None) => None,
+            (Some(username), Some(password)) => Some(BasicAuth {
+                username: username.to_owned(),
+                password: Secret::new(password.to_owned()),
+            }),
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "GREGOR_REGISTRY_PASSWORD",
+                    "must be set when GREGOR_REGISTRY_USERNAME is (basic auth needs both)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "GREGOR_REGISTRY_USERNAME",
+                    "must be set when GREGOR_REGISTRY_PASSWORD is (basic auth needs both)",
+                ));
+            }
+        };
+        let config = Self {
+            listen,
+            storage,
+            auth,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses credentials basic auth cannot carry.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(auth) = &self.auth {
+            if auth.username.is_empty() || auth.username.contains(':') {
+                return Err(ConfigError::invalid(
+                    "GREGOR_REGISTRY_USERNAME",
+                    "must be non-empty and must not contain ':'",
+                ));
+            }
+            if auth.password.expose().is_empty() {
+                return Err(ConfigError::invalid(
+                    "GREGOR_REGISTRY_PASSWORD",
+                    "must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_var(env: &Env) -> String {
+        RegistryConfig::from_env(env).unwrap_err().var().to_owned()
+    }
+
+    #[test]
+    fn defaults() {
+        let config = RegistryConfig::from_env(&Env::from_pairs([(
+            "DATABASE_URL",
+            "postgres://u:pw@127.0.0.1/db",
+        )]))
+        .unwrap();
+        assert_eq!(config.listen, DEFAULT_LISTEN);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8081");
+        assert!(matches!(config.storage, Storage::Postgres(_)));
+        assert!(config.auth.is_none());
+        assert!(matches!(RegistryConfig::default().storage, Storage::Memory));
+    }
+
+    #[test]
+    fn memory_storage_needs_no_database() {
+        let env = Env::from_pairs([
+            ("GREGOR_REGISTRY_STORAGE", "memory"),
+            ("GREGOR_REGISTRY_LISTEN", "0.0.0.0:18081"),
+        ]);
+        let config = RegistryConfig::from_env(&env).unwrap();
+        assert!(matches!(config.storage, Storage::Memory));
+        assert_eq!(config.listen.port(), 18081);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        assert_eq!(err_var(&Env::default()), "DATABASE_URL");
+        let err = RegistryConfig::from_env(&Env::default()).unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+        assert_eq!(
+            err_var(&Env::from_pairs([("DATABASE_URL", "mysql://x")])),
+            "DATABASE_URL"
+        );
+        let memory = Env::from_pairs([("GREGOR_REGISTRY_STORAGE", "memory")]);
+        assert_eq!(
+            err_var(&memory.clone().with("GREGOR_REGISTRY_STORAGE", "disk")),
+            "GREGOR_REGISTRY_STORAGE"
+        );
+        assert_eq!(
+            err_var(&memory.clone().with("GREGOR_REGISTRY_LISTEN", "8081")),
+            "GREGOR_REGISTRY_LISTEN"
+        );
+        assert_eq!(
+            err_var(&memory.clone().with("GREGOR_REGISTRY_USERNAME", "ci")),
+            "GREGOR_REGISTRY_PASSWORD"
+        );
+        assert_eq!(
+            err_var(&memory.clone().with("GREGOR_REGISTRY_PASSWORD", "pw")),
+            "GREGOR_REGISTRY_USERNAME"
+        );
+        assert_eq!(
+            err_var(
+                &memory
+                    .with("GREGOR_REGISTRY_USERNAME", "a:b")
+                    .with("GREGOR_REGISTRY_PASSWORD", "pw")
+            ),
+            "GREGOR_REGISTRY_USERNAME"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let env = Env::from_pairs([
+            ("DATABASE_URL", "postgres://u:canary-db@127.0.0.1/db"),
+            ("GREGOR_REGISTRY_USERNAME", "ci"),
+            ("GREGOR_REGISTRY_PASSWORD", "canary-pw"),
+        ]);
+        let shown = format!("{:?}", RegistryConfig::from_env(&env).unwrap());
+        assert!(!shown.contains("canary"), "{shown}");
+        assert!(shown.contains("ci"), "{shown}");
+    }
+}
