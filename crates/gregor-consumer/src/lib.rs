@@ -1,7 +1,7 @@
 //! The gregor consumer runtime: at-least-once delivery turned into an exactly-once effect.
 //!
 //! * **Typed handlers** per topic, `async fn(Context, Event<T>) -> Result<(), HandlerError>`,
-//!   decoding through one seam ([`Decoder`]: [`Raw`], [`Json`], Avro later). Tombstones reach
+//!   decoding through one seam ([`Decoder`]: [`Raw`], [`Json`], `Avro` with the default `avro` feature). Tombstones reach
 //!   the handler with `value: None`.
 //! * **Offsets** are committed only after a message is handled or durably forwarded (P6), at
 //!   each partition's contiguous watermark; on revoke and at shutdown too.
@@ -39,6 +39,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "avro")]
+mod avro;
 mod config;
 mod decode;
 mod dedupe;
@@ -62,6 +64,8 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "avro")]
+pub use avro::Avro;
 pub use config::{ConsumerConfig, RetryPolicy, parse_tiers};
 pub use decode::{Decoder, Json, Raw};
 pub use dedupe::{cleanup as cleanup_dedupe, migrate as migrate_dedupe};
