@@ -13,6 +13,7 @@
 
 pub mod kafka;
 pub mod process;
+mod registry;
 pub mod services;
 
 use std::future::Future;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+pub use registry::PrivateRegistry;
 pub use services::{PrivateBroker, PrivatePostgres, TestDb, database_url, kafka_bootstrap};
 
 /// A name unique to this call: `<prefix>-<12 random chars>` (topic, group, database names).

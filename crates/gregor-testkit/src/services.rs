@@ -86,7 +86,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
@@ -97,7 +97,7 @@ fn scratch_dir(prefix: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-async fn wait_port(port: u16, timeout: Duration, what: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_port(port: u16, timeout: Duration, what: &str) -> anyhow::Result<()> {
     crate::wait_until(timeout, what, || async move {
         Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
