@@ -4,13 +4,14 @@
 
 mod dlq;
 mod outbox;
+mod schema;
 mod topics;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Operate gregor: the outbox, topics and dead-letter topics.
+/// Operate gregor: the outbox, topics, dead-letter topics and the event catalog's schemas.
 ///
 /// Exit status: 0 on success, 1 when the operation failed, 2 on bad usage or configuration.
 #[derive(Debug, Parser)]
@@ -32,6 +33,10 @@ enum Command {
     /// Inspect and replay dead-letter topics (uses KAFKA_BOOTSTRAP_SERVERS and KAFKA_*).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Check and register the event catalog's Avro schemas (uses SCHEMA_REGISTRY_URL, and
+    /// SCHEMA_REGISTRY_USERNAME/SCHEMA_REGISTRY_PASSWORD for basic auth).
+    #[command(subcommand)]
+    Schema(schema::SchemaCommand),
 }
 
 /// Bad usage found after argument parsing (exit status 2, like clap's own usage errors).
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
             Command::Outbox(cmd) => outbox::run(cmd).await,
             Command::Topics(cmd) => topics::run(cmd).await,
             Command::Dlq(cmd) => dlq::run(cmd).await,
+            Command::Schema(cmd) => schema::run(cmd).await,
         }
     });
     match result {
