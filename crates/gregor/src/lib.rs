@@ -11,6 +11,7 @@
 //! assert!(event.validate().is_ok());
 //! ```
 
+pub use gregor_avro as avro;
 pub use gregor_config as config;
 pub use gregor_consumer as consumer;
 pub use gregor_outbox as outbox;

@@ -7,7 +7,10 @@
 //! * `order-service summary --topic T` — reads the topic back and checks that every order
 //!   placed is there, each customer's events in the order they were placed.
 //!
-//! Configuration: `DATABASE_URL`, `KAFKA_BOOTSTRAP_SERVERS` (summary), `GREGOR_ORDERS_TOPIC`.
+//! Events are Avro (`schemas/orders/order_placed.avsc`) in the Confluent wire format.
+//!
+//! Configuration: `DATABASE_URL`, `SCHEMA_REGISTRY_URL` (and `SCHEMA_REGISTRY_*`),
+//! `KAFKA_BOOTSTRAP_SERVERS` (summary), `GREGOR_ORDERS_TOPIC`.
 
 #![allow(clippy::print_stdout)]
 
@@ -78,18 +81,26 @@ async fn main() -> anyhow::Result<()> {
         .connect(&database_url)
         .await?;
     orders::migrate(&pool).await?;
+    let env = gregor::config::Env::from_process();
+    let registry = gregor::avro::RegistryClient::from_env(&env)?;
     match cli.command {
-        Command::Serve { addr } => orders::serve(pool, cli.topic, addr).await,
+        Command::Serve { addr } => {
+            orders::serve(pool, serializer(registry, &env)?, cli.topic, addr).await
+        }
         Command::Generate {
             orders,
             rate,
             customers,
-        } => orders::generate(&pool, &cli.topic, orders, rate, customers).await,
+        } => {
+            let avro = serializer(registry, &env)?;
+            orders::generate(&pool, &avro, &cli.topic, orders, rate, customers).await
+        }
         Command::Summary { timeout_secs } => {
             let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
                 .map_err(|_| anyhow::anyhow!("KAFKA_BOOTSTRAP_SERVERS is required"))?;
             summary::run(
                 &pool,
+                registry,
                 &bootstrap,
                 &cli.topic,
                 std::time::Duration::from_secs(timeout_secs),
@@ -97,4 +108,15 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+fn serializer(
+    registry: gregor::avro::RegistryClient,
+    env: &gregor::config::Env,
+) -> anyhow::Result<gregor::avro::AvroSerializer> {
+    Ok(gregor::avro::AvroSerializer::new(
+        registry,
+        orders::ORDER_PLACED_SCHEMA,
+        gregor::avro::SerializerConfig::from_env(env)?,
+    )?)
 }

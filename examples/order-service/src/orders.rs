@@ -7,21 +7,30 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use gregor::outbox::OutboxMessage;
+use gregor::avro::AvroSerializer;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
+use uuid::fmt::Hyphenated;
 
 /// The `order.placed` event.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct OrderPlaced {
-    pub(crate) order_id: Uuid,
+    /// Text in Avro (`"type": "string"`): apache-avro's serde is not human-readable, so a
+    /// bare `Uuid` would expect 16 bytes; `Hyphenated` is always the 36-character text.
+    pub(crate) order_id: Hyphenated,
     pub(crate) customer: String,
     /// The customer's n-th order: consumers can check per-customer order.
     pub(crate) customer_seq: i64,
     pub(crate) amount_cents: i64,
+    /// ISO 4217 code.
+    pub(crate) currency: String,
 }
+
+/// The schema order-service writes `order.placed` with (see `schemas/catalog.toml`).
+pub(crate) const ORDER_PLACED_SCHEMA: &str =
+    include_str!("../../../schemas/orders/order_placed.avsc");
 
 pub(crate) async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     gregor::outbox::migrate(pool).await?;
@@ -39,6 +48,7 @@ pub(crate) async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// Places one order and enqueues its event in the same transaction.
 pub(crate) async fn place(
     pool: &PgPool,
+    avro: &AvroSerializer,
     topic: &str,
     customer: &str,
     amount_cents: i64,
@@ -53,26 +63,27 @@ pub(crate) async fn place(
     .fetch_one(&mut *tx)
     .await?;
     let event = OrderPlaced {
-        order_id: Uuid::now_v7(),
+        order_id: Uuid::now_v7().hyphenated(),
         customer: customer.to_owned(),
         customer_seq,
         amount_cents,
+        currency: "EUR".to_owned(),
     };
+    // Registers the schema on first use, then framed Avro from the cache: no HTTP per event.
+    let message = avro
+        .message(topic, "order.placed", "/examples/order-service", &event)
+        .await?
+        .key(customer);
     sqlx::query(
         "INSERT INTO orders (id, customer, customer_seq, amount_cents) VALUES ($1, $2, $3, $4)",
     )
-    .bind(event.order_id)
+    .bind(event.order_id.into_uuid())
     .bind(customer)
     .bind(customer_seq)
     .bind(amount_cents)
     .execute(&mut *tx)
     .await?;
-    gregor::enqueue(
-        &mut tx,
-        OutboxMessage::json(topic, "order.placed", "/examples/order-service", &event)?
-            .key(customer),
-    )
-    .await?;
+    gregor::enqueue(&mut tx, message).await?;
     tx.commit().await?;
     Ok(event)
 }
@@ -86,13 +97,23 @@ struct PlaceOrder {
 #[derive(Clone)]
 struct AppState {
     pool: PgPool,
+    avro: std::sync::Arc<AvroSerializer>,
     topic: String,
 }
 
-pub(crate) async fn serve(pool: PgPool, topic: String, addr: SocketAddr) -> anyhow::Result<()> {
+pub(crate) async fn serve(
+    pool: PgPool,
+    avro: AvroSerializer,
+    topic: String,
+    addr: SocketAddr,
+) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/orders", post(place_order))
-        .with_state(AppState { pool, topic });
+        .with_state(AppState {
+            pool,
+            avro: std::sync::Arc::new(avro),
+            topic,
+        });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!(
         "order-service listening on http://{}",
@@ -112,14 +133,21 @@ async fn place_order(
             "customer and a positive amount_cents are required".into(),
         ));
     }
-    place(&state.pool, &state.topic, &req.customer, req.amount_cents)
-        .await
-        .map(|o| (StatusCode::CREATED, Json(o)))
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+    place(
+        &state.pool,
+        &state.avro,
+        &state.topic,
+        &req.customer,
+        req.amount_cents,
+    )
+    .await
+    .map(|o| (StatusCode::CREATED, Json(o)))
+    .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
 }
 
 pub(crate) async fn generate(
     pool: &PgPool,
+    avro: &AvroSerializer,
     topic: &str,
     orders: u64,
     rate: u64,
@@ -138,7 +166,7 @@ pub(crate) async fn generate(
                 rng.random_range(100..100_000),
             )
         };
-        place(pool, topic, &customer, amount).await?;
+        place(pool, avro, topic, &customer, amount).await?;
         if last_report.elapsed() >= Duration::from_secs(1) || n == orders {
             last_report = Instant::now();
             println!(

@@ -8,10 +8,13 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::PgPool;
 
-use crate::orders::OrderPlaced;
+use gregor::avro::{AvroDeserializer, RegistryClient};
+
+use crate::orders::{ORDER_PLACED_SCHEMA, OrderPlaced};
 
 pub(crate) async fn run(
     pool: &PgPool,
+    registry: RegistryClient,
     bootstrap: &str,
     topic: &str,
     timeout: Duration,
@@ -21,9 +24,14 @@ pub(crate) async fn run(
         .await?;
     let expected = usize::try_from(placed)?;
     let (bootstrap, topic_owned) = (bootstrap.to_owned(), topic.to_owned());
-    let events =
-        tokio::task::spawn_blocking(move || read(&bootstrap, &topic_owned, expected, timeout))
-            .await??;
+    let avro = AvroDeserializer::<OrderPlaced>::new(registry, ORDER_PLACED_SCHEMA)?;
+    let runtime = tokio::runtime::Handle::current();
+    let events = tokio::task::spawn_blocking(move || {
+        read(&bootstrap, &topic_owned, expected, timeout, |payload| {
+            runtime.block_on(avro.decode(payload))
+        })
+    })
+    .await??;
 
     let mut ids = HashSet::new();
     let mut duplicates = 0usize;
@@ -69,6 +77,7 @@ fn read(
     topic: &str,
     expected: usize,
     timeout: Duration,
+    decode: impl Fn(&[u8]) -> Result<OrderPlaced, gregor::avro::AvroError>,
 ) -> anyhow::Result<Vec<(OrderPlaced, bool)>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -94,7 +103,7 @@ fn read(
             continue;
         };
         let msg = msg?;
-        let event: OrderPlaced = serde_json::from_slice(msg.payload().unwrap_or_default())?;
+        let event = decode(msg.payload().unwrap_or_default())?;
         let headers_ok = msg.headers().is_some_and(|h| {
             ["ce_id", "ce_type", "ce_source", "ce_time", "ce_specversion"]
                 .iter()

@@ -2,7 +2,7 @@
 //! PostgreSQL, inside the dedupe transaction, so redelivery never ships twice.
 //!
 //! Configuration is the consumer runtime's (`KAFKA_BOOTSTRAP_SERVERS`, `GREGOR_CONSUMER_*`,
-//! `DATABASE_URL`) plus:
+//! `DATABASE_URL`), `SCHEMA_REGISTRY_URL` (and `SCHEMA_REGISTRY_*`) plus:
 //! * `SHIPPING_TOPIC` (default `orders`): the topic to consume;
 //! * `SHIPPING_FLAKY_EVERY=N`: orders whose amount is a multiple of N fail their first
 //!   attempt (a carrier timeout), to show retries;
@@ -19,20 +19,25 @@ use std::time::Duration;
 
 use gregor::config::Env;
 use gregor::consumer::{
-    Consumer, ConsumerConfig, ConsumerStats, Context, Event, HandlerError, Json, RouteOptions,
+    Avro, Consumer, ConsumerConfig, ConsumerStats, Context, Event, HandlerError, RouteOptions,
 };
 use serde::Deserialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
+use uuid::fmt::Hyphenated;
 
-/// The `order.placed` event of order-service.
+/// The `order.placed` event of order-service, as this service reads it: Avro decoded with
+/// its own reader schema (`schemas/shipping-service/order_placed.avsc`, its declared contract
+/// in `schemas/catalog.toml`), resolved against whatever schema order-service wrote with.
 #[derive(Debug, Deserialize)]
 struct OrderPlaced {
-    order_id: Uuid,
+    /// A UUID as Avro text (a bare `Uuid` would expect 16 bytes from apache-avro's serde).
+    order_id: Hyphenated,
     customer: String,
     amount_cents: i64,
 }
+
+const READER_SCHEMA: &str = include_str!("../../../schemas/shipping-service/order_placed.avsc");
 
 #[derive(Debug, Clone, Copy)]
 struct Faults {
@@ -60,7 +65,7 @@ async fn ship(faults: Faults, ctx: Context, event: Event<OrderPlaced>) -> Result
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(event.id().map(str::to_owned))
-    .bind(order.order_id)
+    .bind(order.order_id.into_uuid())
     .bind(order.customer.clone())
     .bind(event.topic.clone())
     .bind(event.partition)
@@ -134,7 +139,7 @@ async fn run(env: Env) -> anyhow::Result<()> {
         .pool(pool)
         .route_with(
             &topic,
-            Json::<OrderPlaced>::new(),
+            Avro::<OrderPlaced>::new(gregor::avro::RegistryClient::from_env(&env)?, READER_SCHEMA)?,
             move |ctx, event| ship(faults, ctx, event),
             options,
         )
