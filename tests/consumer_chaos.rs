@@ -6,13 +6,24 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use gregor_avro::{AvroSerializer, RegistryClient, RegistryConfig, SerializerConfig};
 use gregor_testkit::kafka::{self, Record};
 use gregor_testkit::process::Proc;
-use gregor_testkit::{TestDb, kafka_bootstrap, unique_name, wait_until};
+use gregor_testkit::{PrivateRegistry, TestDb, kafka_bootstrap, unique_name, wait_until};
 use gregor_wire::headers as h;
 use sqlx::PgPool;
 
 const EVENTS: i64 = 20_000;
+
+/// order-service's `order.placed`, written with its schema as order-service writes it.
+#[derive(serde::Serialize)]
+struct OrderPlaced {
+    order_id: String,
+    customer: String,
+    customer_seq: i64,
+    amount_cents: i64,
+    currency: String,
+}
 const PARTITIONS: i32 = 8;
 
 async fn shipped(pool: &PgPool) -> anyhow::Result<i64> {
@@ -51,25 +62,35 @@ async fn killed_consumer_loses_nothing_and_duplicates_no_effect() -> anyhow::Res
     let topic = unique_name("shipping");
     kafka::create_topic_family(&topic, PARTITIONS, 1).await?;
     let group = unique_name("shipping");
-    let records = (0..EVENTS)
-        .map(|i| {
-            let id = uuid::Uuid::now_v7().to_string();
-            let body = format!(
-                r#"{{"order_id":"{id}","customer":"c{}","customer_seq":{i},"amount_cents":{}}}"#,
-                i % 100,
-                1000 + i
-            );
-            Record::new(format!("c{}", i % 100), body).header(h::CE_ID, id)
-        })
-        .collect();
+    let registry = PrivateRegistry::start().await?;
+    let avro = AvroSerializer::new(
+        RegistryClient::new(RegistryConfig::new(registry.url()))?,
+        include_str!("../schemas/orders/order_placed.avsc"),
+        SerializerConfig::default(),
+    )?;
+    let mut records = Vec::new();
+    for i in 0..EVENTS {
+        let id = uuid::Uuid::now_v7().to_string();
+        let order = OrderPlaced {
+            order_id: id.clone(),
+            customer: format!("c{}", i % 100),
+            customer_seq: i,
+            amount_cents: 1000 + i,
+            currency: "EUR".into(),
+        };
+        let body = avro.serialize(&topic, &order).await?;
+        records.push(Record::new(order.customer, body).header(h::CE_ID, id));
+    }
     kafka::produce(&topic, records).await?;
 
     let bootstrap = kafka_bootstrap()?;
+    let registry_url = registry.url();
     let env = [
         ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str()),
         ("DATABASE_URL", db.url.as_str()),
         ("GREGOR_CONSUMER_GROUP", group.as_str()),
         ("SHIPPING_TOPIC", topic.as_str()),
+        ("SCHEMA_REGISTRY_URL", registry_url.as_str()),
         ("GREGOR_CONSUMER_RETRY_TIERS", "1s"),
         ("GREGOR_CONSUMER_COMMIT_INTERVAL_MS", "100"),
         ("KAFKA_SESSION_TIMEOUT_MS", "6000"),

@@ -64,10 +64,38 @@ async fn missing_retry_and_dlq_topics_are_named_with_the_fix() -> anyhow::Result
         ("DATABASE_URL", &db.url),
         ("SHIPPING_TOPIC", &topic),
         ("GREGOR_CONSUMER_RETRY_TIERS", "1s"),
+        // Not contacted before the first message: the topic check fails first.
+        ("SCHEMA_REGISTRY_URL", "http://127.0.0.1:9"),
     ])?;
     assert_ne!(code, 0);
     assert!(stderr.contains(&format!("{topic}.retry.1")), "{stderr}");
     assert!(stderr.contains(&format!("{topic}.dlq")), "{stderr}");
     assert!(stderr.contains("gregor topics ensure"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_malformed_registry_url_is_refused_naming_the_variable() -> anyhow::Result<()> {
+    let bootstrap = kafka_bootstrap()?;
+    let db = gregor_testkit::TestDb::create("cfgsr").await?;
+    for url in [
+        None,
+        Some("registry:8081"),
+        Some("http://user:pw@registry:8081"),
+    ] {
+        let mut env = vec![
+            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str()),
+            ("GREGOR_CONSUMER_GROUP", "g"),
+            ("DATABASE_URL", db.url.as_str()),
+        ];
+        env.extend(url.map(|u| ("SCHEMA_REGISTRY_URL", u)));
+        let (code, stderr) = run_shipping(&env)?;
+        assert_ne!(code, 0, "{url:?}");
+        assert!(stderr.contains("SCHEMA_REGISTRY_URL"), "{url:?}: {stderr}");
+        assert!(
+            !stderr.contains("pw@"),
+            "credentials never echoed: {stderr}"
+        );
+    }
     Ok(())
 }
