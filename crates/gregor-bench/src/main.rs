@@ -2,11 +2,13 @@
 //! measured in the same run, and ends with one JSON line
 //! `{"scenario", "value", "unit", "baseline", "ratio", …}`.
 //!
-//! Needs the services of `scripts/services up` (`DATABASE_URL`, `KAFKA_BOOTSTRAP_SERVERS`) and
+//! Needs the services of `scripts/services up` (`DATABASE_URL`, `KAFKA_BOOTSTRAP_SERVERS`,
+//! `SCHEMA_REGISTRY_URL`) and
 //! release binaries (`cargo build --release --bins`).
 
 #![allow(clippy::print_stdout)]
 
+mod avro;
 mod consumer;
 mod relay;
 mod report;
@@ -28,6 +30,9 @@ enum Command {
     /// Consumer runtime throughput (JSON decode; dedupe transaction + INSERT) vs a bare
     /// rdkafka consume loop, RSS while draining a backlog.
     Consumer(consumer::Options),
+    /// Avro decode into a typed struct (framing, schema cache, resolution) vs bare apache-avro
+    /// with pre-parsed schemas; needs SCHEMA_REGISTRY_URL.
+    Avro(avro::Options),
 }
 
 /// The events every throughput scenario produces.
@@ -49,5 +54,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Relay(options) => relay::run(options).await,
         Command::Consumer(options) => consumer::run(options).await,
+        Command::Avro(options) => avro::run(options).await,
     }
 }
