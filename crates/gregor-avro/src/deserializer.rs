@@ -2,9 +2,10 @@
 //! consumer's reader schema once per schema id.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Read;
 use std::marker::PhantomData;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
@@ -54,7 +55,8 @@ type Plan = Result<CachedReader, String>;
 pub struct AvroDeserializer<T> {
     client: RegistryClient,
     reader: Option<Arc<Schema>>,
-    plans: RwLock<HashMap<u32, Arc<Plan>>>,
+    first: OnceLock<(u32, Plan)>,
+    plans: RwLock<PlanMap>,
     target: PhantomData<fn() -> T>,
 }
 
@@ -84,7 +86,8 @@ impl<T> AvroDeserializer<T> {
         Self {
             client,
             reader: reader.map(Arc::new),
-            plans: RwLock::new(HashMap::new()),
+            first: OnceLock::new(),
+            plans: RwLock::new(PlanMap::default()),
             target: PhantomData,
         }
     }
@@ -97,57 +100,35 @@ impl<T> AvroDeserializer<T> {
     /// Decodes one framed message into an Avro [`Value`] shaped by the reader schema.
     pub async fn decode_value(&self, bytes: &[u8]) -> Result<Value, AvroError> {
         let (id, body) = wire::split(bytes)?;
-        let plan = self.plan(id).await?;
-        let reader = Result::as_ref(&plan).map_err(|reason| AvroError::Incompatible {
-            id,
-            reason: reason.clone(),
-        })?;
-        let mut input = Guarded {
-            rest: body,
-            short: false,
-        };
-        let value = reader
-            .borrow_dependent()
-            .read_value(&mut input)
-            .map_err(|e| AvroError::Body {
-                id,
-                reason: crate::error_chain(&e),
-            })?;
-        // apache-avro turns an early end inside a string, boolean or union into a null
-        // instead of an error; a read past the end is the only reliable sign of truncation.
-        if input.short {
-            return Err(AvroError::Body {
-                id,
-                reason: format!(
-                    "truncated: the {}-byte body ends before the value does",
-                    body.len()
-                ),
-            });
+        // Hottest path: the first writer schema seen, one atomic load away.
+        if let Some((first, plan)) = self.first.get()
+            && *first == id
+        {
+            return read(id, plan, body);
         }
-        let rest = input.rest;
-        if !rest.is_empty() {
-            return Err(AvroError::Body {
-                id,
-                reason: format!(
-                    "{} trailing bytes after the value ({} bytes decoded)",
-                    rest.len(),
-                    body.len() - rest.len()
-                ),
-            });
-        }
-        Ok(value)
-    }
-
-    async fn plan(&self, id: u32) -> Result<Arc<Plan>, AvroError> {
-        if let Some(plan) = self.plans.read().ok().and_then(|p| p.get(&id).cloned()) {
-            return Ok(plan);
+        // Other writer schemas: decode under the map's read lock (no Arc traffic).
+        if let Some(result) = self
+            .plans
+            .read()
+            .ok()
+            .and_then(|plans| plans.get(&id).map(|plan| read(id, plan, body)))
+        {
+            return result;
         }
         let writer = self.client.schema_by_id(id).await?;
+        if self.first.get().is_none() {
+            let (first, plan) = self
+                .first
+                .get_or_init(|| (id, self.build(Arc::clone(&writer))));
+            if *first == id {
+                return read(id, plan, body);
+            }
+        }
         let plan = Arc::new(self.build(writer));
         if let Ok(mut plans) = self.plans.write() {
             plans.insert(id, Arc::clone(&plan));
         }
-        Ok(plan)
+        read(id, &plan, body)
     }
 
     fn build(&self, writer: Arc<Schema>) -> Plan {
@@ -164,6 +145,70 @@ impl<T> AvroDeserializer<T> {
         .map_err(|e| crate::error_chain(&e))
     }
 }
+
+/// Decodes `body` with a cached plan: the value, or why the bytes are at fault.
+fn read(id: u32, plan: &Plan, body: &[u8]) -> Result<Value, AvroError> {
+    let reader = plan.as_ref().map_err(|reason| AvroError::Incompatible {
+        id,
+        reason: reason.clone(),
+    })?;
+    let mut input = Guarded {
+        rest: body,
+        short: false,
+    };
+    let value = reader
+        .borrow_dependent()
+        .read_value(&mut input)
+        .map_err(|e| AvroError::Body {
+            id,
+            reason: crate::error_chain(&e),
+        })?;
+    // apache-avro turns an early end inside a string, boolean or union into a null instead
+    // of an error; a read past the end is the only reliable sign of truncation.
+    if input.short {
+        return Err(AvroError::Body {
+            id,
+            reason: format!(
+                "truncated: the {}-byte body ends before the value does",
+                body.len()
+            ),
+        });
+    }
+    if !input.rest.is_empty() {
+        return Err(AvroError::Body {
+            id,
+            reason: format!(
+                "{} trailing bytes after the value ({} bytes decoded)",
+                input.rest.len(),
+                body.len() - input.rest.len()
+            ),
+        });
+    }
+    Ok(value)
+}
+
+/// Schema ids are small integers handed out by the registry: hashing them is wasted work.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        // Spread ids over the table's high bits too (hashbrown uses the top 7 for tags).
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type PlanMap = HashMap<u32, Arc<Plan>, BuildHasherDefault<IdHasher>>;
 
 /// A byte slice that remembers whether the decoder asked for more than was left.
 struct Guarded<'a> {
