@@ -121,20 +121,31 @@ impl RegistryClient {
             .call(Method::GET, &format!("/schemas/ids/{id}"), None)
             .await
         {
-            Err(AvroError::Registry { status: 404, .. }) => {
+            // Only the registry's own "schema not found" — a proxy's 404 or a wrong base
+            // path is a configuration problem, retried rather than dead-lettered.
+            Err(AvroError::Registry {
+                status: 404,
+                error_code: SCHEMA_NOT_FOUND,
+                ..
+            }) => {
                 return Err(AvroError::UnknownSchemaId { id });
             }
             other => other?,
         };
         if let Some(kind) = body.schema_type.filter(|t| t != "AVRO") {
-            return Err(AvroError::InvalidSchema(format!(
-                "schema id {id} is a {kind} schema, not Avro"
-            )));
+            return Err(AvroError::UnsupportedWriterSchema {
+                id,
+                reason: format!("a {kind} schema, not Avro"),
+            });
         }
-        let schema = Arc::new(
-            Schema::parse_str(&body.schema)
-                .map_err(|e| AvroError::InvalidSchema(format!("schema id {id}: {e}")))?,
-        );
+        let schema = Arc::new(Schema::parse_str(&body.schema).map_err(|e| {
+            AvroError::UnsupportedWriterSchema {
+                id,
+                reason: format!(
+                    "not parsable on its own (schema references are not supported): {e}"
+                ),
+            }
+        })?);
         if let Ok(mut cache) = self.inner.by_id.write() {
             cache.insert(id, Arc::clone(&schema));
         }
@@ -182,7 +193,7 @@ impl RegistryClient {
             .await
         {
             Ok(found) => Ok(Some(found)),
-            Err(AvroError::Registry { status: 404, .. }) => Ok(None),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -207,7 +218,7 @@ impl RegistryClient {
             .await
         {
             Ok(found) => Ok(Some(found)),
-            Err(AvroError::Registry { status: 404, .. }) => Ok(None),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -223,7 +234,7 @@ impl RegistryClient {
             .await
         {
             Ok(found) => Ok(found),
-            Err(AvroError::Registry { status: 404, .. }) => Ok(Vec::new()),
+            Err(e) if is_not_found(&e) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
     }
@@ -358,6 +369,18 @@ impl RegistryClient {
     }
 }
 
+/// Confluent's "schema not found".
+const SCHEMA_NOT_FOUND: i64 = 40403;
+
+/// The registry's own "subject / version / schema not found" (40401, 40402, 40403) — not any
+/// 404, which may come from a proxy or a wrong base path.
+fn is_not_found(error: &AvroError) -> bool {
+    matches!(
+        error,
+        AvroError::Registry { status: 404, error_code, .. } if (40401..=40403).contains(error_code)
+    )
+}
+
 /// reqwest's Display hides the cause chain; walk it so "connection refused" shows.
 fn describe(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
@@ -391,6 +414,41 @@ mod tests {
     fn subjects_are_percent_encoded() {
         assert_eq!(encode("orders-value"), "orders-value");
         assert_eq!(encode("a/b c"), "a%2Fb%20c");
+    }
+
+    /// A 404 that is not the registry's own "schema not found" (a proxy, a wrong base path)
+    /// must not dead-letter messages: it is neither "unknown id" nor the payload's fault.
+    #[tokio::test]
+    async fn a_foreign_404_is_not_an_unknown_schema_id() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 2048];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot found")
+                    .await;
+            }
+        });
+        let client = RegistryClient::new(RegistryConfig::new(format!("http://127.0.0.1:{port}")))
+            .expect("client");
+        let err = client.schema_by_id(7).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AvroError::Registry {
+                    status: 404,
+                    error_code: 404,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!err.is_payload_fault(), "{err}");
     }
 
     #[tokio::test]

@@ -156,13 +156,7 @@ fn read(id: u32, plan: &Plan, body: &[u8]) -> Result<Value, AvroError> {
         rest: body,
         short: false,
     };
-    let value = reader
-        .borrow_dependent()
-        .read_value(&mut input)
-        .map_err(|e| AvroError::Body {
-            id,
-            reason: crate::error_chain(&e),
-        })?;
+    let value = reader.borrow_dependent().read_value(&mut input);
     // apache-avro turns an early end inside a string, boolean or union into a null instead
     // of an error; a read past the end is the only reliable sign of truncation.
     if input.short {
@@ -174,6 +168,10 @@ fn read(id: u32, plan: &Plan, body: &[u8]) -> Result<Value, AvroError> {
             ),
         });
     }
+    let value = value.map_err(|e| AvroError::Body {
+        id,
+        reason: crate::error_chain(&e),
+    })?;
     if !input.rest.is_empty() {
         return Err(AvroError::Body {
             id,
@@ -210,20 +208,32 @@ impl Hasher for IdHasher {
 
 type PlanMap = HashMap<u32, Arc<Plan>, BuildHasherDefault<IdHasher>>;
 
-/// A byte slice that remembers whether the decoder asked for more than was left.
+/// A byte slice that remembers whether the decoder asked for more than was left, and fails
+/// that read with an error apache-avro does not swallow: otherwise a few hostile bytes that
+/// declare millions of booleans or union branches decode into millions of nulls first.
 struct Guarded<'a> {
     rest: &'a [u8],
     short: bool,
 }
 
+impl Guarded<'_> {
+    fn check(&mut self, wanted: usize) -> std::io::Result<()> {
+        if wanted > self.rest.len() {
+            self.short = true;
+            return Err(std::io::Error::other("the body ends before the value does"));
+        }
+        Ok(())
+    }
+}
+
 impl Read for Guarded<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.short |= buf.len() > self.rest.len();
+        self.check(buf.len())?;
         self.rest.read(buf)
     }
 
     fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
-        self.short |= buf.len() > self.rest.len();
+        self.check(buf.len())?;
         self.rest.read_exact(buf)
     }
 }
@@ -233,5 +243,58 @@ impl<T: DeserializeOwned> AvroDeserializer<T> {
     pub async fn decode(&self, bytes: &[u8]) -> Result<T, AvroError> {
         let value = self.decode_value(bytes).await?;
         apache_avro::from_value(&value).map_err(|e| AvroError::Mismatch(crate::error_chain(&e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RegistryConfig;
+
+    const FLAGS: &str = r#"{"type":"record","name":"Flags","fields":[
+      {"name":"flags","type":{"type":"array","items":"boolean"}},
+      {"name":"notes","type":{"type":"array","items":["null","string"]}}]}"#;
+
+    fn offline() -> AvroDeserializer<serde_json::Value> {
+        // Nothing listens on port 9: any registry call would fail, so none may happen.
+        let client =
+            RegistryClient::new(RegistryConfig::new("http://127.0.0.1:9")).expect("client");
+        client.insert_schema(1, Schema::parse_str(FLAGS).expect("schema"));
+        AvroDeserializer::new(client, FLAGS).expect("reader")
+    }
+
+    #[tokio::test]
+    async fn hostile_lengths_fail_fast_instead_of_decoding_millions_of_nulls() {
+        let decoder = offline();
+        // An array that declares 2^20 booleans, and one of 2^20 union branches, in 4 bytes
+        // (under apache-avro's allocation cap, so only the truncation guard stops them).
+        for body in [
+            &[0x80, 0x80, 0x80, 0x01][..],
+            &[0x00, 0x80, 0x80, 0x80, 0x01],
+        ] {
+            let started = std::time::Instant::now();
+            let err = decoder
+                .decode_value(&wire::frame(1, body))
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("truncated"), "{err}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn valid_arrays_decode() {
+        let decoder = offline();
+        // flags: [true, false]; notes: [null, "a"]
+        let body = [4, 1, 0, 0, 4, 0, 2, 2, b'a', 0];
+        let value = decoder
+            .decode_value(&wire::frame(1, &body))
+            .await
+            .expect("decodes");
+        assert!(format!("{value:?}").contains("Boolean(true)"), "{value:?}");
     }
 }

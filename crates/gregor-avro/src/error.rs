@@ -30,6 +30,15 @@ pub enum AvroError {
     /// The decoded value does not fit the target type, or a value does not fit the schema.
     #[error("value does not match the schema: {0}")]
     Mismatch(String),
+    /// The registry holds a writer schema under this id that cannot be used here (not Avro,
+    /// schema references, unparsable): the message cannot be decoded, now or later.
+    #[error("writer schema id {id} cannot be used: {reason}")]
+    UnsupportedWriterSchema {
+        /// The writer schema's id.
+        id: u32,
+        /// Why.
+        reason: String,
+    },
     /// A schema is not valid Avro.
     #[error("invalid Avro schema: {0}")]
     InvalidSchema(String),
@@ -81,6 +90,7 @@ impl AvroError {
             self,
             Self::Frame(_)
                 | Self::UnknownSchemaId { .. }
+                | Self::UnsupportedWriterSchema { .. }
                 | Self::Body { .. }
                 | Self::Incompatible { .. }
                 | Self::Mismatch(_)

@@ -85,12 +85,12 @@ impl AvroSerializer {
     ) -> Result<Self, AvroError> {
         let parsed =
             Schema::parse_str(schema).map_err(|e| AvroError::InvalidSchema(e.to_string()))?;
-        let text = serde_json::to_string(&parsed)
-            .map_err(|e| AvroError::InvalidSchema(format!("cannot print the schema: {e}")))?;
         Ok(Self {
             client,
             schema: Arc::new(parsed),
-            text,
+            // Registered and looked up as written: a registry compares what it is sent, and a
+            // reprint may differ from what `gregor schema register` stored.
+            text: schema.to_owned(),
             config,
             ids: RwLock::new(HashMap::new()),
         })
