@@ -24,7 +24,7 @@ use crate::{DecodeError, Decoder};
 ///
 /// # fn run() -> Result<(), gregor_avro::AvroError> {
 /// let client = RegistryClient::new(RegistryConfig::new("http://127.0.0.1:8081"))?;
-/// let decoder = Avro::<OrderPlaced>::new(client, include_str!("../../../schemas/order_placed.avsc"))?;
+/// let decoder = Avro::<OrderPlaced>::new(client, include_str!("../../../schemas/orders/order_placed.avsc"))?;
 /// # let _ = decoder; Ok(()) }
 /// ```
 #[derive(Debug)]
