@@ -102,7 +102,7 @@ fn compatibility(event: &Event, history: &History, out: &mut Out) {
     };
     if let Some(declared) = event.compatibility.filter(|d| *d != level) {
         let detail = format!(
-            "the catalog declares {declared} but the registry applies {level} to {}; checking with {level}",
+            "the catalog declares {declared} but the registry applies {level} to {}; checking with {declared}, the level `gregor schema register` sets",
             event.subject
         );
         let kind = Kind::Level {
@@ -111,6 +111,8 @@ fn compatibility(event: &Event, history: &History, out: &mut Out) {
         };
         out.line(Status::Warn, event, kind, &detail);
     }
+    // What `register` will enforce: the catalog's level when it declares one.
+    let level = event.compatibility.unwrap_or(level);
     if history.registered_as == Some(*latest) {
         let kind = Kind::Compatibility {
             level: Some(level),
