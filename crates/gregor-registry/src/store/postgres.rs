@@ -75,6 +75,11 @@ impl PgStore {
     pub(crate) async fn begin(&self, access: Access) -> Result<PgTx, StoreError> {
         let mut tx = self.pool.begin().await?;
         if access == Access::Write {
+            // The snapshot must be taken after the lock is granted, whatever the database's
+            // default isolation: under REPEATABLE READ it would be taken by the lock statement.
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(WRITE_LOCK)
                 .execute(&mut *tx)
