@@ -85,7 +85,10 @@ async fn main() -> anyhow::Result<()> {
     let registry = gregor::avro::RegistryClient::from_env(&env)?;
     match cli.command {
         Command::Serve { addr } => {
-            orders::serve(pool, serializer(registry, &env)?, cli.topic, addr).await
+            let avro = serializer(registry, &env)?;
+            // Register (or look up) the schema now, not inside the first order's transaction.
+            avro.schema_id(&cli.topic).await?;
+            orders::serve(pool, avro, cli.topic, addr).await
         }
         Command::Generate {
             orders,
@@ -93,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
             customers,
         } => {
             let avro = serializer(registry, &env)?;
+            avro.schema_id(&cli.topic).await?;
             orders::generate(&pool, &avro, &cli.topic, orders, rate, customers).await
         }
         Command::Summary { timeout_secs } => {
