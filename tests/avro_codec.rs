@@ -121,6 +121,9 @@ async fn evolution_under_each_compatibility_level() -> anyhow::Result<()> {
     ));
     let add_without_default = record(&format!(r#"{base},{{"name":"insured","type":"boolean"}}"#));
     let remove_label = record(r#"{"name":"id","type":"long"},{"name":"weight","type":"int"}"#);
+    let label_with_default = record(
+        r#"{"name":"id","type":"long"},{"name":"weight","type":"int"},{"name":"label","type":"string","default":""}"#,
+    );
     let promote_weight = record(
         r#"{"name":"id","type":"long"},{"name":"weight","type":"long"},{"name":"label","type":"string"}"#,
     );
@@ -131,9 +134,14 @@ async fn evolution_under_each_compatibility_level() -> anyhow::Result<()> {
     let cases: [(L, &str, &str); 7] = [
         (L::None, &retype_label, ""),
         (L::Backward, &promote_weight, &add_without_default),
-        (L::BackwardTransitive, &remove_label, &add_without_default),
+        // Transitive levels: the forbidden change is compatible with version 2 but not with 1.
+        (
+            L::BackwardTransitive,
+            &add_with_default,
+            &add_without_default,
+        ),
         (L::Forward, &add_without_default, &remove_label),
-        (L::ForwardTransitive, &add_without_default, &promote_weight),
+        (L::ForwardTransitive, &label_with_default, &remove_label),
         (L::Full, &add_with_default, &remove_label),
         // Compatible with version 2 (which has the field, with a default) but not with 1.
         (L::FullTransitive, &add_with_default, &add_without_default),
@@ -400,6 +408,57 @@ async fn unreachable_registry_is_unavailable_not_malformed() -> anyhow::Result<(
         Err(DecodeError::Unavailable(reason)) => {
             assert!(reason.contains("unreachable"), "{reason}");
             assert!(reason.contains(&registry.url()), "names the URL: {reason}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// Basic auth: without credentials the registry refuses (a clear, secret-free error the
+/// consumer treats as unavailable, not as bad bytes); with them everything works.
+#[tokio::test]
+async fn basic_auth_to_the_registry() -> anyhow::Result<()> {
+    let registry = PrivateRegistry::start_with(&[
+        ("GREGOR_REGISTRY_USERNAME", "svc"),
+        ("GREGOR_REGISTRY_PASSWORD", "canary-s3cret"),
+    ])
+    .await?;
+    let topic = unique_name("auth");
+    let anonymous = client(&registry)?;
+    let writer = AvroSerializer::new(anonymous.clone(), V1, SerializerConfig::default())?;
+    let parcel = ParcelV1 {
+        id: 1,
+        weight: 2,
+        label: "x".into(),
+    };
+    let err = writer.serialize(&topic, &parcel).await.unwrap_err();
+    assert!(
+        matches!(err, AvroError::Registry { status: 401, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("SCHEMA_REGISTRY_USERNAME"),
+        "{err}"
+    );
+
+    let mut config = RegistryConfig::new(registry.url());
+    config.username = Some("svc".into());
+    config.password = Some(gregor_config::Secret::new("canary-s3cret".into()));
+    let authed = RegistryClient::new(config)?;
+    assert!(!format!("{authed:?}").contains("canary"));
+    let writer = AvroSerializer::new(authed.clone(), V1, SerializerConfig::default())?;
+    let bytes = writer.serialize(&topic, &parcel).await?;
+    let reader = AvroDeserializer::<ParcelV1>::new(authed, V1)?;
+    assert_eq!(reader.decode(&bytes).await?, parcel);
+
+    // A consumer with the wrong credentials waits instead of dead-lettering.
+    let decoder = Avro::<ParcelV1>::new(anonymous, V1)?;
+    match decoder.decode(&bytes).await {
+        Err(DecodeError::Unavailable(reason)) => {
+            assert!(
+                reason.contains("401") && !reason.contains("canary"),
+                "{reason}"
+            )
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }

@@ -125,7 +125,22 @@ async fn undecodable_avro_is_dead_lettered_with_the_precise_reason() -> anyhow::
     let client = RegistryClient::new(RegistryConfig::new(registry.url()))?;
     let v1 = AvroSerializer::new(client.clone(), V1, SerializerConfig::default())?;
     let good = v1.serialize(&topic, &Parcel { id: 1 }).await?;
-    let id = wire::split(&good)?.0;
+    // A writer schema the consumer's reader cannot read (it lacks the required `id`).
+    let other = AvroSerializer::new(
+        client.clone(),
+        r#"{"type":"record","name":"Parcel","namespace":"t","fields":[{"name":"code","type":"string"}]}"#,
+        SerializerConfig {
+            strategy: gregor_avro::SubjectNameStrategy::TopicName,
+            auto_register: true,
+        },
+    )?;
+    #[derive(Serialize)]
+    struct Coded {
+        code: String,
+    }
+    let incompatible = other
+        .serialize(&unique_name("elsewhere"), &Coded { code: "x".into() })
+        .await?;
 
     let handled = Arc::new(AtomicUsize::new(0));
     let count = handled.clone();
@@ -150,7 +165,12 @@ async fn undecodable_avro_is_dead_lettered_with_the_precise_reason() -> anyhow::
             [&[7u8][..], &good[1..]].concat(),
             "wrong magic byte 0x07",
         ),
-        ("truncated", wire::frame(id, &[]), "does not decode"),
+        ("truncated", good[..good.len() - 1].to_vec(), "truncated"),
+        (
+            "incompatible",
+            incompatible.clone(),
+            "incompatible with the reader",
+        ),
         (
             "trailing",
             [good.as_slice(), &[0]].concat(),

@@ -16,7 +16,10 @@ const WRITER_V1: &str = r#"{"type":"record","name":"Shipment","namespace":"fuzz"
   {"name":"items","type":{"type":"array","items":"string"}},
   {"name":"weights","type":{"type":"map","values":"double"}},
   {"name":"signature","type":"bytes"},
-  {"name":"express","type":"boolean"}]}"#;
+  {"name":"express","type":"boolean"},
+  {"name":"flags","type":{"type":"array","items":"boolean"},"default":[]},
+  {"name":"options","type":{"type":"array","items":["null","string"]},"default":[]},
+  {"name":"parent","type":["null","Shipment"],"default":null}]}"#;
 
 /// An older writer: the reader resolves it (defaults, promotions).
 const WRITER_V0: &str = r#"{"type":"record","name":"Shipment","namespace":"fuzz","fields":[
