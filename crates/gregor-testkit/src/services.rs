@@ -142,6 +142,28 @@ impl PrivateBroker {
         Ok(())
     }
 
+    /// Freezes the broker (SIGSTOP): it keeps its connections and data but answers nothing,
+    /// as a hung or partitioned broker does, until [`PrivateBroker::thaw`].
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a frozen broker run again (SIGCONT).
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("broker not running")?;
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill {signal} failed: {status}");
+        }
+        Ok(())
+    }
+
     /// Starts the broker again on the same port and storage.
     pub async fn resume(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {
