@@ -422,3 +422,40 @@ async fn unreachable_registry_exits_1() {
     let text = expect(&out, 2);
     assert!(text.contains("SCHEMA_REGISTRY_URL"), "{text}");
 }
+
+/// The catalog declares a stricter level than the registry applies: `check` warns and checks
+/// with the declared level — the one `register` sets — so CI fails before the deploy does.
+#[tokio::test]
+async fn declared_level_wins_over_the_registry_level() {
+    let registry = PrivateRegistry::start().await.unwrap();
+    let url = registry.url();
+    let dir = CatalogDir::new();
+    dir.write("catalog.toml", &catalog("BACKWARD"))
+        .write("orders/order.avsc", &record(&format!("{ID},{CUSTOMER}")))
+        .write("billing/order.avsc", &record(ID));
+    expect(&gregor(&["schema", "register", dir.path()], Some(&url)), 0);
+
+    // Dropping `customer` is BACKWARD-compatible but not FULL (v1 readers need it).
+    dir.write("catalog.toml", &catalog("FULL"))
+        .write("orders/order.avsc", &record(ID));
+    let out = expect(&gregor(&["schema", "check", dir.path()], Some(&url)), 1);
+    assert!(
+        out.contains("the catalog declares FULL but the registry applies BACKWARD"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL order.placed  orders-value  FULL:"),
+        "{out}"
+    );
+    assert!(out.contains("'customer'"), "{out}");
+    let out = expect(&gregor(&["schema", "register", dir.path()], Some(&url)), 1);
+    assert!(out.contains("409"), "{out}");
+    assert_eq!(client(&url).versions("orders-value").await.unwrap(), [1]);
+    assert_eq!(
+        client(&url)
+            .compatibility_level("orders-value")
+            .await
+            .unwrap(),
+        CompatibilityLevel::Full
+    );
+}
