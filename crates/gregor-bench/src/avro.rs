@@ -69,30 +69,16 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         options.rounds
     );
 
-    // Same schema on both sides.
     let writer_schema = Schema::parse_str(WRITER)?;
-    let bare = GenericDatumReader::builder(&writer_schema).build()?;
-    let ours = AvroDeserializer::<OrderPlaced>::new(client.clone(), WRITER)?;
-    ours.decode(&framed[0]).await?; // fetch and cache the writer schema
-    let (value, baseline) = compare(
-        options.rounds,
-        || {
-            for body in &bodies {
-                let mut rest = *body;
-                let v = bare.read_value(&mut rest)?;
-                std::hint::black_box(apache_avro::from_value::<OrderPlaced>(&v)?);
-            }
-            Ok(())
-        },
-        || async {
-            for bytes in &framed {
-                std::hint::black_box(ours.decode(bytes).await?);
-            }
-            Ok(())
-        },
-        framed.len(),
-    )
-    .await?;
+    let samples = Samples {
+        framed: &framed,
+        bodies: &bodies,
+        rounds: options.rounds,
+    };
+    // Same schema on both sides.
+    let (value, baseline) = samples
+        .compare::<OrderPlaced>(&client, &writer_schema, None, WRITER)
+        .await?;
     emit(
         "avro_decode",
         value,
@@ -103,33 +89,11 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             ("bytes", json!(framed[0].len())),
         ],
     );
-
     // Writer and reader differ: resolution on both sides.
     let reader_schema = Schema::parse_str(READER)?;
-    let bare = GenericDatumReader::builder(&writer_schema)
-        .reader_schema(&reader_schema)
-        .build()?;
-    let ours = AvroDeserializer::<ShippingView>::new(client, READER)?;
-    ours.decode(&framed[0]).await?;
-    let (value, baseline) = compare(
-        options.rounds,
-        || {
-            for body in &bodies {
-                let mut rest = *body;
-                let v = bare.read_value(&mut rest)?;
-                std::hint::black_box(apache_avro::from_value::<ShippingView>(&v)?);
-            }
-            Ok(())
-        },
-        || async {
-            for bytes in &framed {
-                std::hint::black_box(ours.decode(bytes).await?);
-            }
-            Ok(())
-        },
-        framed.len(),
-    )
-    .await?;
+    let (value, baseline) = samples
+        .compare::<ShippingView>(&client, &writer_schema, Some(&reader_schema), READER)
+        .await?;
     emit(
         "avro_decode_resolving",
         value,
@@ -138,6 +102,50 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         &[("target_ratio", json!(0.9))],
     );
     Ok(())
+}
+
+/// The messages every scenario decodes: framed for gregor, bare bodies for the baseline.
+struct Samples<'a> {
+    framed: &'a [Vec<u8>],
+    bodies: &'a [&'a [u8]],
+    rounds: usize,
+}
+
+impl Samples<'_> {
+    /// Decodes every message into `T` with gregor (reader schema `reader_text`) and with bare
+    /// apache-avro (`writer` resolved to `reader`); returns the rates (ours, baseline).
+    async fn compare<T: serde::de::DeserializeOwned>(
+        &self,
+        client: &RegistryClient,
+        writer: &Schema,
+        reader: Option<&Schema>,
+        reader_text: &str,
+    ) -> anyhow::Result<(f64, f64)> {
+        let bare = GenericDatumReader::builder(writer)
+            .maybe_reader_schema(reader)
+            .build()?;
+        let ours = AvroDeserializer::<T>::new(client.clone(), reader_text)?;
+        ours.decode(&self.framed[0]).await?; // fetch and cache the writer schema
+        compare(
+            self.rounds,
+            || {
+                for body in self.bodies {
+                    let mut rest = *body;
+                    let v = bare.read_value(&mut rest)?;
+                    std::hint::black_box(apache_avro::from_value::<T>(&v)?);
+                }
+                Ok(())
+            },
+            || async {
+                for bytes in self.framed {
+                    std::hint::black_box(ours.decode(bytes).await?);
+                }
+                Ok(())
+            },
+            self.framed.len(),
+        )
+        .await
+    }
 }
 
 /// Alternates rounds of the baseline and of gregor; returns the median rates (ours, baseline),
