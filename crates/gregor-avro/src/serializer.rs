@@ -73,6 +73,7 @@ pub struct AvroSerializer {
     schema: Arc<Schema>,
     text: String,
     config: SerializerConfig,
+    /// Schema id per topic.
     ids: RwLock<HashMap<String, u32>>,
 }
 
@@ -104,15 +105,12 @@ impl AvroSerializer {
     /// The schema id to frame values for `topic` with: registered (or looked up) on first
     /// use, then cached.
     pub async fn schema_id(&self, topic: &str) -> Result<u32, AvroError> {
-        let subject = self.config.strategy.subject(topic, &self.schema, false)?;
-        if let Some(id) = self
-            .ids
-            .read()
-            .ok()
-            .and_then(|ids| ids.get(&subject).copied())
-        {
+        // Keyed by topic: the schema is fixed, so the subject depends on the topic alone and
+        // the hot path needs neither the strategy nor a new string.
+        if let Some(id) = self.ids.read().ok().and_then(|ids| ids.get(topic).copied()) {
             return Ok(id);
         }
+        let subject = self.config.strategy.subject(topic, &self.schema, false)?;
         let id = if self.config.auto_register {
             self.client.register(&subject, &self.text).await?
         } else {
@@ -122,7 +120,7 @@ impl AvroSerializer {
             }
         };
         if let Ok(mut ids) = self.ids.write() {
-            ids.insert(subject, id);
+            ids.insert(topic.to_owned(), id);
         }
         Ok(id)
     }
