@@ -1,7 +1,12 @@
 use sqlx::{Postgres, QueryBuilder, Transaction};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::{OutboxError, OutboxMessage, shard::shard_of, trace::current_trace_context};
+use crate::{
+    OutboxError, OutboxMessage,
+    shard::shard_of,
+    trace::{create_span, current_trace_context},
+};
 
 /// Rows per INSERT statement in a batch: 14 binds a row stays under PostgreSQL's 65 535.
 const ROWS_PER_STATEMENT: usize = 4_000;
@@ -15,13 +20,18 @@ const INSERT_ONE: &str = "INSERT INTO gregor_outbox \
 /// published as the `ce_id` header).
 ///
 /// The event is published if and only if `tx` commits (promise P1). When the current
-/// `tracing` span carries an OpenTelemetry context and the message has none, that context is
-/// stored with the event.
+/// `tracing` span carries an OpenTelemetry context and the message has none, the context of a
+/// `create <topic>` child span is stored with the event (its parent for the relay's span).
 pub async fn enqueue(
     tx: &mut Transaction<'_, Postgres>,
     message: OutboxMessage,
 ) -> Result<Uuid, OutboxError> {
-    let row = Row::prepare(message)?;
+    let span = create_span(&message.topic);
+    let row = span.in_scope(|| Row::prepare(message))?;
+    span.record(
+        "messaging.message.id",
+        tracing::field::display(row.event_id),
+    );
     sqlx::query(INSERT_ONE)
         .bind(row.shard)
         .bind(row.event_id)
@@ -36,6 +46,7 @@ pub async fn enqueue(
         .bind(row.msg.traceparent)
         .bind(row.msg.tracestate)
         .execute(&mut **tx)
+        .instrument(span)
         .await?;
     Ok(row.event_id)
 }

@@ -1,23 +1,22 @@
-use opentelemetry::trace::TraceContextExt;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-
 /// The W3C `traceparent`/`tracestate` of the current `tracing` span, when an OpenTelemetry
 /// layer is installed and the span belongs to a valid trace.
 pub fn current_trace_context() -> Option<(String, Option<String>)> {
-    let context = tracing::Span::current().context();
-    let span = context.span();
-    let sc = span.span_context();
-    if !sc.is_valid() {
-        return None;
-    }
-    let traceparent = format!(
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags().to_u8()
-    );
-    let state = sc.trace_state().header();
-    Some((traceparent, (!state.is_empty()).then_some(state)))
+    gregor_telemetry::propagation::current_trace_headers().map(|t| (t.traceparent, t.tracestate))
+}
+
+/// The `create <topic>` span of one enqueued event: its context is what the row stores, so
+/// the relay's publish span becomes its child.
+pub(crate) fn create_span(topic: &str) -> tracing::Span {
+    tracing::info_span!(
+        "create",
+        otel.name = format!("create {topic}"),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "create",
+        messaging.operation.name = "enqueue",
+        messaging.destination.name = topic,
+        messaging.message.id = tracing::field::Empty,
+    )
 }
 
 #[cfg(test)]
