@@ -1,82 +1,92 @@
-//! `/healthz`, `/readyz` and `/metrics`.
+//! `/healthz`, `/readyz` and `/metrics` (served by `gregor_telemetry::health`), and the
+//! checks behind `/readyz`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
+use gregor_telemetry::TelemetryError;
+use gregor_telemetry::health::{Check, Readiness};
 use tokio_util::sync::CancellationToken;
 
 use crate::{RelayError, RelayMetrics};
 
-/// What `/readyz` reports, updated by the relay's status task.
-#[derive(Debug, Default)]
-pub(crate) struct Readiness {
-    pub(crate) database: AtomicBool,
-    pub(crate) broker: AtomicBool,
+/// What `/readyz` reports: ready when every check is up.
+#[derive(Debug, Clone)]
+pub(crate) struct Checks {
+    pub(crate) readiness: Readiness,
+    /// `database`: the outbox status query answers (status task, every 2 s).
+    pub(crate) database: Check,
+    /// `broker`: a metadata request answers within 2 s (status task).
+    pub(crate) broker: Check,
+    /// `membership`: this replica is registered in `gregor_relay_members` — up after its
+    /// first lease round, down once no round succeeded for a lease ttl (its membership has
+    /// then expired for the other replicas too).
+    pub(crate) membership: Check,
 }
 
-#[derive(Clone)]
-struct AppState {
-    metrics: RelayMetrics,
-    ready: Arc<Readiness>,
+impl Default for Checks {
+    fn default() -> Self {
+        let mut readiness = Readiness::default();
+        let database = readiness.check("database");
+        let broker = readiness.check("broker");
+        let membership = readiness.check("membership");
+        Self {
+            readiness,
+            database,
+            broker,
+            membership,
+        }
+    }
 }
 
-/// Binds the listener now (so a bad address fails at start) and serves until `cancel`.
+/// Binds `addr` now (so a bad address fails at start) and serves until `cancel`.
 pub(crate) async fn serve(
     addr: SocketAddr,
-    metrics: RelayMetrics,
-    ready: Arc<Readiness>,
+    metrics: &RelayMetrics,
+    checks: &Checks,
     cancel: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), RelayError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| RelayError::Http { addr, source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| RelayError::Http { addr, source })?;
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(AppState { metrics, ready });
-    let handle = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "health/metrics server stopped");
+    gregor_telemetry::health::serve(
+        addr,
+        metrics.registry().clone(),
+        checks.readiness.clone(),
+        cancel,
+    )
+    .await
+    .map_err(|e| match e {
+        TelemetryError::Listen { addr, source } => RelayError::Http { addr, source },
+        other => {
+            gregor_config::ConfigError::invalid("GREGOR_RELAY_HTTP_ADDR", other.to_string()).into()
         }
-    });
-    Ok((local, handle))
+    })
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
-    let db = state.ready.database.load(Ordering::Acquire);
-    let broker = state.ready.broker.load(Ordering::Acquire);
-    let code = if db && broker {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        format!("database: {}\nbroker: {}\n", up(db), up(broker)),
-    )
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn up(ok: bool) -> &'static str {
-    if ok { "up" } else { "down" }
-}
+    #[test]
+    fn ready_needs_database_broker_and_membership() {
+        let checks = Checks::default();
+        checks.database.set(true);
+        checks.broker.set(true);
+        assert!(!checks.readiness.is_ready(), "not registered yet");
+        checks.membership.set(true);
+        assert!(checks.readiness.is_ready());
+        assert_eq!(
+            checks.readiness.report(),
+            "database: up\nbroker: up\nmembership: up\n"
+        );
+    }
 
-async fn metrics_text(
-    State(state): State<AppState>,
-) -> ([(&'static str, &'static str); 1], String) {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    #[tokio::test]
+    async fn a_taken_address_is_an_http_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let metrics = RelayMetrics::new().unwrap();
+        let err = serve(addr, &metrics, &Checks::default(), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RelayError::Http { .. }), "{err}");
+        assert!(err.to_string().contains("GREGOR_RELAY_HTTP_ADDR"), "{err}");
+    }
 }

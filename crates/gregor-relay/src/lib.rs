@@ -28,11 +28,11 @@ mod lease;
 mod metrics;
 mod publish;
 mod store;
+mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -45,7 +45,8 @@ pub use error::RelayError;
 pub use metrics::RelayMetrics;
 
 use claim_loop::{Backoff, ClaimLoop};
-use http::Readiness;
+use gregor_telemetry::health::Check;
+use http::Checks;
 use lease::Leases;
 use publish::Publisher;
 
@@ -57,7 +58,7 @@ pub struct Relay {
     publisher: Arc<Publisher>,
     leases: Arc<Leases>,
     metrics: RelayMetrics,
-    ready: Arc<Readiness>,
+    checks: Checks,
 }
 
 impl Relay {
@@ -83,7 +84,7 @@ impl Relay {
             pool,
             publisher,
             metrics,
-            ready: Arc::new(Readiness::default()),
+            checks: Checks::default(),
         })
     }
 
@@ -112,13 +113,8 @@ impl Relay {
         let background = CancellationToken::new();
         let mut tasks = Vec::new();
         if let Some(addr) = self.config.http_addr {
-            let (local, handle) = http::serve(
-                addr,
-                self.metrics.clone(),
-                self.ready.clone(),
-                background.clone(),
-            )
-            .await?;
+            let (local, handle) =
+                http::serve(addr, &self.metrics, &self.checks, background.clone()).await?;
             tracing::info!(%local, "serving /healthz, /readyz and /metrics");
             on_listen(local);
             tasks.push(handle);
@@ -128,7 +124,7 @@ impl Relay {
             self.publisher.clone(),
             self.metrics.clone(),
             self.leases.clone(),
-            self.ready.clone(),
+            self.checks.clone(),
             background.clone(),
         )));
         if !self.migrate_until_ready(&cancel).await {
@@ -141,6 +137,7 @@ impl Relay {
             self.pool.clone(),
             self.leases.clone(),
             self.config.name.clone(),
+            self.checks.membership.clone(),
             background.clone(),
         )));
         tasks.push(tokio::spawn(listen_task(
@@ -205,15 +202,25 @@ fn kafka_config_error(config: &RelayConfig, error: rdkafka::error::KafkaError) -
     }
 }
 
-/// Renews and rebalances leases every ttl/3 (sooner after an error).
-async fn lease_task(pool: PgPool, leases: Arc<Leases>, name: String, cancel: CancellationToken) {
+/// Renews and rebalances leases every ttl/3 (sooner after an error). `membership` is up
+/// from the first round that registered this replica until no round succeeded for a ttl.
+async fn lease_task(
+    pool: PgPool,
+    leases: Arc<Leases>,
+    name: String,
+    membership: Check,
+    cancel: CancellationToken,
+) {
     let every = leases_interval(&leases);
     let mut backoff = Backoff::default();
     let mut joined = false;
+    let mut last_round: Option<Instant> = None;
     while !cancel.is_cancelled() {
         match leases.tick(&pool, &name, joined).await {
             Ok(()) => {
                 joined = true;
+                last_round = Some(Instant::now());
+                membership.set(true);
                 backoff.reset();
                 tokio::select! {
                     () = cancel.cancelled() => {}
@@ -222,6 +229,9 @@ async fn lease_task(pool: PgPool, leases: Arc<Leases>, name: String, cancel: Can
             }
             Err(e) => {
                 tracing::warn!(error = %e, "lease renewal failed; retrying");
+                if last_round.is_none_or(|t| t.elapsed() >= leases.ttl_for_renewal()) {
+                    membership.set(false);
+                }
                 backoff.wait(&cancel).await;
             }
         }
@@ -274,7 +284,7 @@ async fn status_task(
     publisher: Arc<Publisher>,
     metrics: RelayMetrics,
     leases: Arc<Leases>,
-    ready: Arc<Readiness>,
+    checks: Checks,
     cancel: CancellationToken,
 ) {
     while !cancel.is_cancelled() {
@@ -283,15 +293,15 @@ async fn status_task(
                 metrics.backlog.set(s.backlog);
                 metrics.parked.set(s.parked);
                 metrics.oldest_age.set(s.oldest_age_seconds);
-                ready.database.store(true, Ordering::Release);
+                checks.database.set(true);
             }
-            Err(_) => ready.database.store(false, Ordering::Release),
+            Err(_) => checks.database.set(false),
         }
         metrics
             .leases
             .set(i64::try_from(leases.count()).unwrap_or(0));
         let broker = publisher.broker_reachable(Duration::from_secs(2)).await;
-        ready.broker.store(broker, Ordering::Release);
+        checks.broker.set(broker);
         tokio::select! {
             () = cancel.cancelled() => {}
             () = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -5,13 +5,26 @@ use std::process::ExitCode;
 
 use gregor_config::Env;
 use gregor_relay::{Relay, RelayConfig};
+use gregor_telemetry::{TelemetryConfig, TelemetryError};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let env = Env::from_process();
-    init_tracing(&env);
-    let config = match RelayConfig::from_env(&env) {
+    let telemetry = match TelemetryConfig::from_env("gregor-relay", &env)
+        .map_err(TelemetryError::from)
+        .and_then(|config| gregor_telemetry::init(&config))
+    {
+        Ok(telemetry) => telemetry,
+        Err(e) => return fail(&e),
+    };
+    let code = run(&env);
+    // Spans still buffered are exported before the process ends.
+    drop(telemetry);
+    code
+}
+
+fn run(env: &Env) -> ExitCode {
+    let config = match RelayConfig::from_env(env) {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
@@ -29,7 +42,7 @@ fn main() -> ExitCode {
             Err(e) => return fail(&e),
         };
         let cancel = CancellationToken::new();
-        tokio::spawn(shutdown_on_signal(cancel.clone()));
+        tokio::spawn(gregor_telemetry::cancel_on_signal(cancel.clone()));
         match relay.run(cancel).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
@@ -44,33 +57,4 @@ fn fail(error: &dyn std::fmt::Display) -> ExitCode {
         eprintln!("gregor-relay: {error}");
     }
     ExitCode::from(2)
-}
-
-fn init_tracing(env: &Env) {
-    let filter = EnvFilter::try_new(env.get("RUST_LOG").unwrap_or("info,rdkafka=warn,sqlx=warn"))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if env.get("GREGOR_LOG_FORMAT") == Some("json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_on_signal(cancel: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the relay with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    cancel.cancel();
 }

@@ -1,8 +1,7 @@
 //! Prometheus metrics of one relay process.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 /// The relay's metrics, registered in their own registry.
@@ -81,11 +80,13 @@ impl RelayMetrics {
         })
     }
 
+    /// The registry, for a `/metrics` endpoint.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        // Encoding into a Vec cannot fail for well-formed metric families.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
+        gregor_telemetry::health::render(&self.registry)
     }
 }

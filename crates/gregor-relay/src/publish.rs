@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use gregor_config::KafkaSettings;
+use gregor_telemetry::propagation::{self, TraceHeaders};
 use gregor_wire::headers as h;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use crate::store::{FailedRow, OutboxRow};
+use crate::trace;
 
 /// Producer settings the relay starts from; `KAFKA_*` variables override them, except that
 /// validation refuses weakening idempotence or acks.
@@ -65,8 +67,15 @@ pub(crate) struct BatchOutcome {
     pub(crate) skipped: usize,
 }
 
-/// A record handed to librdkafka: row id, key, enqueue time, delivery.
-type Pending = (i64, Option<Vec<u8>>, chrono::DateTime<Utc>, DeliveryFuture);
+/// A record handed to librdkafka.
+struct Pending {
+    id: i64,
+    key: Option<Vec<u8>>,
+    created_at: chrono::DateTime<Utc>,
+    delivery: DeliveryFuture,
+    /// The `publish` span of a row that carries a trace context; ends at the ack.
+    span: Option<tracing::Span>,
+}
 
 /// Wraps the idempotent producer.
 pub(crate) struct Publisher {
@@ -125,21 +134,48 @@ impl Publisher {
                 });
                 continue;
             }
-            match self.enqueue(&row).await {
-                Ok(future) => pending.push((row.id, row.key, row.created_at, future)),
+            let span = row
+                .traceparent
+                .as_deref()
+                .map(|parent| trace::publish_span(&row, parent));
+            let context = span.as_ref().and_then(propagation::trace_headers);
+            match self.enqueue(&row, context.as_ref()).await {
+                Ok(delivery) => pending.push(Pending {
+                    id: row.id,
+                    key: row.key,
+                    created_at: row.created_at,
+                    delivery,
+                    span,
+                }),
                 Err(e) => {
+                    if let Some(span) = &span {
+                        trace::record_failure(span, &e);
+                    }
                     block(blocked, &row.key);
                     outcome.failed.push(failed_row(row.id, &e));
                 }
             }
         }
-        for (id, key, created_at, future) in pending {
-            match future.await {
-                Ok(Ok(_)) => {
+        for Pending {
+            id,
+            key,
+            created_at,
+            delivery,
+            span,
+        } in pending
+        {
+            match delivery.await {
+                Ok(Ok(delivered)) => {
+                    if let Some(span) = &span {
+                        trace::record_delivery(span, delivered.partition, delivered.offset);
+                    }
                     let latency = (Utc::now() - created_at).as_seconds_f64().max(0.0);
                     outcome.acked.push((id, latency));
                 }
                 Ok(Err((e, _))) => {
+                    if let Some(span) = &span {
+                        trace::record_failure(span, &e);
+                    }
                     block(blocked, &key);
                     outcome.failed.push(failed_row(id, &e));
                 }
@@ -157,8 +193,12 @@ impl Publisher {
     }
 
     /// Hands one record to librdkafka, waiting while its queue is full.
-    async fn enqueue(&self, row: &OutboxRow) -> Result<DeliveryFuture, KafkaError> {
-        let headers = cloudevents_headers(row);
+    async fn enqueue(
+        &self,
+        row: &OutboxRow,
+        context: Option<&TraceHeaders>,
+    ) -> Result<DeliveryFuture, KafkaError> {
+        let headers = cloudevents_headers(row, context);
         let mut record = FutureRecord::<[u8], [u8]>::to(&row.topic).headers(headers);
         if let Some(key) = &row.key {
             record = record.key(key.as_slice());
@@ -200,7 +240,10 @@ fn failed_row(id: i64, error: &KafkaError) -> FailedRow {
 }
 
 /// CloudEvents Kafka binding, binary mode, plus W3C trace context and the row's own headers.
-pub(crate) fn cloudevents_headers(row: &OutboxRow) -> OwnedHeaders {
+///
+/// `context` is the trace context of the row's `publish` span (a child of the one captured at
+/// enqueue); without it the captured context travels unchanged.
+pub(crate) fn cloudevents_headers(row: &OutboxRow, context: Option<&TraceHeaders>) -> OwnedHeaders {
     let time = row.created_at.to_rfc3339_opts(SecondsFormat::Micros, true);
     let event_id = row.event_id.to_string();
     let content_type = row
@@ -232,13 +275,17 @@ pub(crate) fn cloudevents_headers(row: &OutboxRow) -> OwnedHeaders {
             key: h::CONTENT_TYPE,
             value: Some(content_type),
         });
-    if let Some(tp) = &row.traceparent {
+    let (traceparent, tracestate) = match context {
+        Some(c) => (Some(&c.traceparent), c.tracestate.as_ref()),
+        None => (row.traceparent.as_ref(), row.tracestate.as_ref()),
+    };
+    if let Some(tp) = traceparent {
         headers = headers.insert(Header {
             key: h::TRACEPARENT,
             value: Some(tp.as_str()),
         });
     }
-    if let Some(ts) = &row.tracestate {
+    if let Some(ts) = tracestate {
         headers = headers.insert(Header {
             key: h::TRACESTATE,
             value: Some(ts.as_str()),
@@ -277,7 +324,7 @@ mod tests {
             tracestate: None,
             created_at: Utc::now(),
         };
-        let headers = cloudevents_headers(&row);
+        let headers = cloudevents_headers(&row, None);
         let names: Vec<&str> = headers.iter().map(|h| h.key).collect();
         assert_eq!(
             names,
