@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use gregor_config::{ConfigError, DatabaseUrl, Env, KafkaSettings};
@@ -67,6 +68,13 @@ pub struct ConsumerConfig {
     pub dedupe_cleanup_interval: Duration,
     /// `GREGOR_CONSUMER_DB_POOL_SIZE`: PostgreSQL connections for handlers and dedupe.
     pub db_pool_size: u32,
+    /// `GREGOR_CONSUMER_HTTP_ADDR`: where [`Consumer::run`](crate::Consumer::run) serves
+    /// `/healthz`, `/readyz` and `/metrics`; `None` (`off`, the default: the consumer is
+    /// embedded in services, several of which may share a host) serves nothing.
+    pub http_addr: Option<SocketAddr>,
+    /// `GREGOR_CONSUMER_DLQ_DEPTH_INTERVAL_MS`: how often `gregor_dlq_depth` is refreshed
+    /// from the dead-letter topics' watermarks; zero disables it.
+    pub dlq_depth_interval: Duration,
 }
 
 impl ConsumerConfig {
@@ -84,6 +92,8 @@ impl ConsumerConfig {
             dedupe_retention: Duration::from_secs(7 * 24 * 3600),
             dedupe_cleanup_interval: Duration::from_secs(3600),
             db_pool_size: 8,
+            http_addr: None,
+            dlq_depth_interval: Duration::from_secs(30),
         }
     }
 
@@ -125,6 +135,20 @@ impl ConsumerConfig {
             config.dedupe_cleanup_interval,
         )?;
         config.db_pool_size = env.parse_or("GREGOR_CONSUMER_DB_POOL_SIZE", config.db_pool_size)?;
+        config.http_addr = match env.get("GREGOR_CONSUMER_HTTP_ADDR") {
+            None => config.http_addr,
+            Some(v) if v.trim().eq_ignore_ascii_case("off") => None,
+            Some(v) => Some(v.trim().parse().map_err(|e| {
+                ConfigError::invalid(
+                    "GREGOR_CONSUMER_HTTP_ADDR",
+                    format!("{e} (expected host:port, e.g. 0.0.0.0:9465, or off)"),
+                )
+            })?),
+        };
+        config.dlq_depth_interval = env.millis_or(
+            "GREGOR_CONSUMER_DLQ_DEPTH_INTERVAL_MS",
+            config.dlq_depth_interval,
+        )?;
         config.validate()?;
         Ok(config)
     }
@@ -181,6 +205,14 @@ impl ConsumerConfig {
         }
         if self.db_pool_size == 0 {
             return invalid("GREGOR_CONSUMER_DB_POOL_SIZE", "must be at least 1");
+        }
+        if !self.dlq_depth_interval.is_zero()
+            && self.dlq_depth_interval < Duration::from_millis(100)
+        {
+            return invalid(
+                "GREGOR_CONSUMER_DLQ_DEPTH_INTERVAL_MS",
+                "must be 0 (off) or at least 100",
+            );
         }
         // Offsets are ours to commit, after handling (P6); auto-commit would run ahead.
         for (property, safe) in [
@@ -293,6 +325,46 @@ mod tests {
         let err =
             ConsumerConfig::from_env(&env().with("KAFKA_ENABLE_AUTO_COMMIT", "true")).unwrap_err();
         assert_eq!(err.var(), "KAFKA_ENABLE_AUTO_COMMIT");
+    }
+
+    #[test]
+    fn http_addr_is_off_by_default_and_parsed() {
+        let config = ConsumerConfig::from_env(&env()).unwrap();
+        assert_eq!(config.http_addr, None);
+        assert_eq!(config.dlq_depth_interval, Duration::from_secs(30));
+        let config =
+            ConsumerConfig::from_env(&env().with("GREGOR_CONSUMER_HTTP_ADDR", " 127.0.0.1:9465 "))
+                .unwrap();
+        assert_eq!(
+            config.http_addr,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9465)))
+        );
+        let config =
+            ConsumerConfig::from_env(&env().with("GREGOR_CONSUMER_HTTP_ADDR", "OFF")).unwrap();
+        assert_eq!(config.http_addr, None);
+        for bad in ["9465", "localhost", "1.2.3.4:99999"] {
+            let err = ConsumerConfig::from_env(&env().with("GREGOR_CONSUMER_HTTP_ADDR", bad))
+                .unwrap_err();
+            assert_eq!(err.var(), "GREGOR_CONSUMER_HTTP_ADDR", "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn dlq_depth_interval_zero_disables_and_bad_values_are_named() {
+        let config =
+            ConsumerConfig::from_env(&env().with("GREGOR_CONSUMER_DLQ_DEPTH_INTERVAL_MS", "0"))
+                .unwrap();
+        assert!(config.dlq_depth_interval.is_zero());
+        for bad in ["soon", "-1", "50"] {
+            let err =
+                ConsumerConfig::from_env(&env().with("GREGOR_CONSUMER_DLQ_DEPTH_INTERVAL_MS", bad))
+                    .unwrap_err();
+            assert_eq!(
+                err.var(),
+                "GREGOR_CONSUMER_DLQ_DEPTH_INTERVAL_MS",
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -95,6 +95,10 @@ pub enum ConsumerError {
     /// Two routes for one topic.
     #[error("topic {0} is routed twice")]
     DuplicateRoute(String),
+    /// The `/healthz`, `/readyz` and `/metrics` endpoint (`GREGOR_CONSUMER_HTTP_ADDR`) could
+    /// not start, say because the address is taken.
+    #[error("GREGOR_CONSUMER_HTTP_ADDR: {0}")]
+    Http(#[from] gregor_telemetry::TelemetryError),
 }
 
 impl ConsumerError {
@@ -105,6 +109,7 @@ impl ConsumerError {
             Self::Kafka(_) | Self::MissingTopics(_) => true,
             Self::Database(e) => gregor_outbox::is_retryable_sqlx(e),
             Self::Schema(e) => e.is_retryable(),
+            Self::Http(e) => e.is_retryable(),
             Self::Config(_) | Self::Metrics(_) | Self::NoRoutes | Self::DuplicateRoute(_) => false,
         }
     }

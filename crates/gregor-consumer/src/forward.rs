@@ -9,6 +9,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
+use gregor_telemetry::propagation::TraceHeaders;
 use gregor_wire::headers as h;
 
 use crate::route::ErrorKind;
@@ -24,7 +25,15 @@ pub(crate) struct Failure<'a> {
 
 /// Builds the headers of a retry or dead-letter copy: the original headers without earlier
 /// diagnostics, then fresh diagnostics (original coordinates survive every hop).
-pub(crate) fn copy_headers(msg: &OwnedMessage, group: &str, failure: &Failure<'_>) -> OwnedHeaders {
+///
+/// With `trace`, the copy carries that context (the forwarding span's) instead of the
+/// original `traceparent`/`tracestate`, so the next hop continues the same trace.
+pub(crate) fn copy_headers(
+    msg: &OwnedMessage,
+    group: &str,
+    failure: &Failure<'_>,
+    trace: Option<&TraceHeaders>,
+) -> OwnedHeaders {
     let old = msg.headers();
     let keep = |name: &str| h::get_str(old, name).map(str::to_owned);
     let original_topic = keep(h::ORIGINAL_TOPIC).unwrap_or_else(|| msg.topic().to_owned());
@@ -38,7 +47,9 @@ pub(crate) fn copy_headers(msg: &OwnedMessage, group: &str, failure: &Failure<'_
     let mut out = OwnedHeaders::new();
     if let Some(old) = old {
         for header in old.iter() {
-            if !h::DIAGNOSTIC_HEADERS.contains(&header.key) {
+            let replaced_trace =
+                trace.is_some() && (header.key == h::TRACEPARENT || header.key == h::TRACESTATE);
+            if !h::DIAGNOSTIC_HEADERS.contains(&header.key) && !replaced_trace {
                 out = out.insert(header);
             }
         }
@@ -50,6 +61,12 @@ pub(crate) fn copy_headers(msg: &OwnedMessage, group: &str, failure: &Failure<'_
             value: Some(value),
         });
     };
+    if let Some(trace) = trace {
+        add(h::TRACEPARENT, &trace.traceparent);
+        if let Some(state) = &trace.tracestate {
+            add(h::TRACESTATE, state);
+        }
+    }
     add(h::ORIGINAL_TOPIC, &original_topic);
     add(h::ORIGINAL_PARTITION, &original_partition);
     add(h::ORIGINAL_OFFSET, &original_offset);
@@ -147,12 +164,53 @@ mod tests {
             attempts: 2,
             not_before: None,
         };
-        let out = copy_headers(&msg, "g", &failure);
+        let out = copy_headers(&msg, "g", &failure, None);
         assert_eq!(h::get_str(Some(&out), h::CE_ID), Some("id-1"));
         assert_eq!(h::get_str(Some(&out), h::ORIGINAL_TOPIC), Some("orders"));
         assert_eq!(h::get_str(Some(&out), h::ORIGINAL_OFFSET), Some("40"));
         assert_eq!(h::get_str(Some(&out), h::ATTEMPT), Some("2"));
         assert_eq!(out.iter().filter(|x| x.key == h::ATTEMPT).count(), 1);
         assert!(h::get_str(Some(&out), h::NOT_BEFORE).is_none());
+    }
+
+    #[test]
+    fn a_copy_carries_the_forwarding_trace_context_once() {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: h::TRACEPARENT,
+                value: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            })
+            .insert(Header {
+                key: h::TRACESTATE,
+                value: Some("old=1"),
+            });
+        let msg = OwnedMessage::new(
+            None,
+            None,
+            "orders".into(),
+            Timestamp::CreateTime(1000),
+            0,
+            1,
+            Some(headers),
+        );
+        let failure = Failure {
+            kind: ErrorKind::Permanent,
+            message: "no",
+            attempts: 1,
+            not_before: None,
+        };
+        let next = TraceHeaders {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01".into(),
+            tracestate: None,
+        };
+        let out = copy_headers(&msg, "g", &failure, Some(&next));
+        assert_eq!(
+            h::get_str(Some(&out), h::TRACEPARENT),
+            Some(next.traceparent.as_str())
+        );
+        assert_eq!(out.iter().filter(|x| x.key == h::TRACEPARENT).count(), 1);
+        assert!(h::get_str(Some(&out), h::TRACESTATE).is_none());
+        let kept = copy_headers(&msg, "g", &failure, None);
+        assert_eq!(h::get_str(Some(&kept), h::TRACESTATE), Some("old=1"));
     }
 }

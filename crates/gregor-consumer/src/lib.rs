@@ -48,13 +48,16 @@ mod error;
 mod event;
 mod forward;
 mod metrics;
+mod observe;
 mod offsets;
 mod route;
 mod runtime;
+mod trace;
 mod worker;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
@@ -74,6 +77,7 @@ pub use event::{Context, Event, Tx};
 pub use metrics::{ConsumerMetrics, ConsumerStats};
 pub use route::{DedupeKeyFn, ErrorKind, Handler, RouteOptions};
 
+use observe::Checks;
 use offsets::Offsets;
 use route::{RouteEntry, TypedRoute};
 use runtime::{GroupContext, PollLoop};
@@ -174,6 +178,9 @@ impl ConsumerBuilder {
             dedupe::migrate(pool).await?;
         }
         let offsets = Arc::new(Offsets::default());
+        let metrics = ConsumerMetrics::new()?;
+        let group: Arc<str> = Arc::from(config.group.as_str());
+        let checks = Checks::new(pool.is_some());
         let consumer: StreamConsumer<GroupContext> = config
             .kafka
             .client_config(&[
@@ -183,6 +190,8 @@ impl ConsumerBuilder {
                 // Short fetch waits and queue backoff: a resumed partition refetches at once.
                 ("fetch.wait.max.ms", "100"),
                 ("fetch.queue.backoff.ms", "20"),
+                // Statistics feed gregor_consumer_lag.
+                ("statistics.interval.ms", "5000"),
             ])
             .set("group.id", &config.group)
             .set("enable.auto.commit", "false")
@@ -190,23 +199,32 @@ impl ConsumerBuilder {
             .create_with_context(GroupContext {
                 offsets: offsets.clone(),
                 revoke_timeout: config.shutdown_timeout,
+                group: group.clone(),
+                metrics: metrics.clone(),
+                member: checks.group.clone(),
+                assigned: Mutex::new(HashSet::new()),
             })?;
         let producer: FutureProducer = config
             .kafka
             .client_config(&[("linger.ms", "5"), ("partitioner", "murmur2_random")])
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            // Nothing reads this producer's statistics (a KAFKA_STATISTICS_INTERVAL_MS meant
+            // for the consumer would otherwise log them).
+            .set("statistics.interval.ms", "0")
             .create()?;
+        let mut dlq_topics: Vec<String> =
+            routes.keys().map(|t| gregor_wire::dlq_topic(t)).collect();
+        dlq_topics.sort();
         let mut needed = topics.clone();
-        needed.extend(routes.keys().map(|t| gregor_wire::dlq_topic(t)));
+        needed.extend(dlq_topics.iter().cloned());
         let missing = missing_topics(&consumer, &needed).await?;
         if !missing.is_empty() {
             return Err(ConsumerError::MissingTopics(missing));
         }
-        let metrics = ConsumerMetrics::new()?;
         let lane_capacity = (config.queue_capacity / config.key_concurrency).max(1);
         let worker = Arc::new(Worker {
-            group: Arc::from(config.group.as_str()),
+            group,
             routes,
             pool,
             producer,
@@ -227,6 +245,10 @@ impl ConsumerBuilder {
             topics,
             retention: config.dedupe_retention,
             cleanup_interval: config.dedupe_cleanup_interval,
+            http_addr: config.http_addr,
+            checks,
+            dlq_topics,
+            dlq_depth_interval: config.dlq_depth_interval,
         })
     }
 }
@@ -255,6 +277,10 @@ pub struct Consumer {
     topics: Vec<String>,
     retention: Duration,
     cleanup_interval: Duration,
+    http_addr: Option<SocketAddr>,
+    checks: Checks,
+    dlq_topics: Vec<String>,
+    dlq_depth_interval: Duration,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -283,7 +309,45 @@ impl Consumer {
 
     /// Joins the group and consumes until `shutdown` is cancelled; then stops fetching,
     /// lets running handlers finish (bounded by the shutdown timeout), commits and leaves.
+    ///
+    /// With [`ConsumerConfig::http_addr`] it first binds that address (failing with
+    /// [`ConsumerError::Http`] when it cannot) and serves, until it returns, `/healthz`,
+    /// `/metrics` and `/readyz`. Ready means every check is up: `database` (with a pool:
+    /// `SELECT 1` answers), `broker` (a metadata request answers) — both refreshed every
+    /// second with a 2 s timeout — and `group` (the group assigned this member its
+    /// partitions, possibly none; down again after a failed rebalance or a lost assignment).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+        // Stops the endpoint and the status tasks when `run` returns, however it returns.
+        let background = CancellationToken::new();
+        let _stop_background = background.clone().drop_guard();
+        let mut tasks = Vec::new();
+        if let Some(addr) = self.http_addr {
+            let (addr, server) = gregor_telemetry::health::serve(
+                addr,
+                self.poll.worker.metrics.registry().clone(),
+                self.checks.readiness.clone(),
+                background.clone(),
+            )
+            .await?;
+            tracing::info!(%addr, "serving /healthz, /readyz, /metrics");
+            tasks.push(server);
+            tasks.push(tokio::spawn(observe::status_task(
+                self.poll.worker.pool.clone(),
+                self.poll.worker.producer.clone(),
+                self.topics[0].clone(),
+                self.checks.clone(),
+                background.clone(),
+            )));
+        }
+        if !self.dlq_depth_interval.is_zero() {
+            tasks.push(tokio::spawn(observe::dlq_depth_task(
+                self.poll.worker.producer.clone(),
+                self.dlq_topics.clone(),
+                self.poll.worker.metrics.dlq_depth.clone(),
+                self.dlq_depth_interval,
+                background.clone(),
+            )));
+        }
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         self.poll.consumer.subscribe(&topics)?;
         let cleanup = self.poll.worker.pool.clone().map(|pool| {
@@ -307,6 +371,11 @@ impl Consumer {
         self.poll.run(shutdown).await;
         if let Some(task) = cleanup {
             let _ = task.await;
+        }
+        background.cancel();
+        for task in tasks {
+            // The server waits for open connections; do not let a lingering client hold us.
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         Ok(())
     }

@@ -1,12 +1,21 @@
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// The consumer's Prometheus metrics.
 #[derive(Debug, Clone)]
 pub struct ConsumerMetrics {
     registry: Registry,
+    pub(crate) consumed: IntCounterVec,
     pub(crate) messages: IntCounterVec,
     pub(crate) failures: IntCounterVec,
-    pub(crate) handle_seconds: Histogram,
+    pub(crate) dead_lettered: IntCounterVec,
+    pub(crate) handle_seconds: HistogramVec,
+    pub(crate) lag: IntGaugeVec,
+    pub(crate) in_flight: IntGauge,
+    pub(crate) paused_partitions: IntGauge,
+    pub(crate) assigned_partitions: IntGauge,
+    pub(crate) dlq_depth: IntGaugeVec,
 }
 
 /// Message totals since start, summed over topics.
@@ -36,6 +45,14 @@ impl ConsumerMetrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
+        let consumed = IntCounterVec::new(
+            Opts::new(
+                "gregor_consumer_consumed_total",
+                "Messages received from the broker, by the topic they were read from \
+                 (a main topic or one of its <topic>.retry.<n> tiers)",
+            ),
+            &["topic"],
+        )?;
         let messages = IntCounterVec::new(
             Opts::new(
                 "gregor_consumer_messages_total",
@@ -50,18 +67,70 @@ impl ConsumerMetrics {
             ),
             &["topic", "kind"],
         )?;
-        let handle_seconds = Histogram::with_opts(HistogramOpts::new(
-            "gregor_consumer_handle_seconds",
-            "Time from taking a message to finishing it (handled, duplicate or forwarded)",
-        ))?;
+        let dead_lettered = IntCounterVec::new(
+            Opts::new(
+                "gregor_consumer_dead_lettered_total",
+                "Messages forwarded to <topic>.dlq, by main topic and the error kind of the last attempt",
+            ),
+            &["topic", "kind"],
+        )?;
+        let handle_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "gregor_consumer_handle_seconds",
+                "Time from taking a message to finishing it (handled, duplicate or forwarded), by main topic",
+            ),
+            &["topic"],
+        )?;
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "gregor_consumer_lag",
+                "High watermark minus committed offset of each partition assigned to this \
+                 consumer (from librdkafka statistics, every statistics.interval.ms)",
+            ),
+            &["group", "topic", "partition"],
+        )?;
+        let in_flight = IntGauge::new(
+            "gregor_consumer_in_flight",
+            "Messages taken from the broker and not finished yet (queued for a lane or being handled)",
+        )?;
+        let paused_partitions = IntGauge::new(
+            "gregor_consumer_paused_partitions",
+            "Partitions this consumer paused because their queues are full",
+        )?;
+        let assigned_partitions = IntGauge::new(
+            "gregor_consumer_assigned_partitions",
+            "Partitions currently assigned to this consumer by its group",
+        )?;
+        let dlq_depth = IntGaugeVec::new(
+            Opts::new(
+                "gregor_dlq_depth",
+                "Messages in each dead-letter topic of this consumer's routes \
+                 (high minus low watermark, summed over partitions)",
+            ),
+            &["topic"],
+        )?;
+        registry.register(Box::new(consumed.clone()))?;
         registry.register(Box::new(messages.clone()))?;
         registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(dead_lettered.clone()))?;
         registry.register(Box::new(handle_seconds.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(paused_partitions.clone()))?;
+        registry.register(Box::new(assigned_partitions.clone()))?;
+        registry.register(Box::new(dlq_depth.clone()))?;
         Ok(Self {
             registry,
+            consumed,
             messages,
             failures,
+            dead_lettered,
             handle_seconds,
+            lag,
+            in_flight,
+            paused_partitions,
+            assigned_partitions,
+            dlq_depth,
         })
     }
 
@@ -99,5 +168,76 @@ impl ConsumerMetrics {
             }
         }
         stats
+    }
+}
+
+/// A message taken from the broker and not finished yet: counted in
+/// `gregor_consumer_in_flight` from creation until dropped. It travels with its message
+/// (waiting queue, lane channel, lane batch), so every way a message leaves — finished,
+/// abandoned, or dropped with a revoked partition's queue — uncounts it.
+#[derive(Debug)]
+pub(crate) struct InFlight(IntGauge);
+
+impl InFlight {
+    pub(crate) fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_returns_to_zero_however_messages_leave() {
+        let metrics = ConsumerMetrics::new().unwrap();
+        let gauge = &metrics.in_flight;
+        let a = InFlight::new(gauge);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        tx.try_send(InFlight::new(gauge)).unwrap();
+        tx.try_send(InFlight::new(gauge)).unwrap();
+        let mut waiting = std::collections::VecDeque::from([InFlight::new(gauge)]);
+        assert_eq!(gauge.get(), 4);
+        // Finished in a lane.
+        let taken = rx.try_recv().unwrap();
+        drop(taken);
+        assert_eq!(gauge.get(), 3);
+        // Still queued in a channel whose lane stopped.
+        drop(rx);
+        assert_eq!(gauge.get(), 2);
+        // A revoked partition's waiting queue.
+        waiting.clear();
+        drop(a);
+        assert_eq!(gauge.get(), 0);
+        drop(tx);
+    }
+
+    #[test]
+    fn stats_ignore_the_new_families() {
+        let metrics = ConsumerMetrics::new().unwrap();
+        metrics.consumed.with_label_values(&["t"]).inc();
+        metrics
+            .messages
+            .with_label_values(&["t", outcome::DEAD_LETTERED])
+            .inc();
+        metrics
+            .dead_lettered
+            .with_label_values(&["t", "permanent"])
+            .inc();
+        metrics
+            .handle_seconds
+            .with_label_values(&["t"])
+            .observe(0.1);
+        metrics.lag.with_label_values(&["g", "t", "0"]).set(7);
+        let stats = metrics.stats();
+        assert_eq!(stats.dead_lettered, 1);
+        assert_eq!(stats.handled + stats.failed_attempts, 0);
     }
 }

@@ -1,8 +1,8 @@
 //! The poll loop: receives messages, hands each partition's messages to its lanes, pauses a
 //! partition whose lanes are full, commits watermarks, and stops cleanly.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rdkafka::consumer::{
@@ -10,31 +10,96 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaResult;
 use rdkafka::message::OwnedMessage;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use gregor_telemetry::health::Check;
+
+use crate::metrics::{ConsumerMetrics, InFlight};
+use crate::observe;
 use crate::offsets::{Offsets, PartKey};
 use crate::worker::{Worker, lane};
 
 /// Rebalance hooks: on revoke, wait for running handlers and commit what they finished.
+/// Also keeps the assignment metrics, the lag gauges and the `group` readiness check.
 pub(crate) struct GroupContext {
     pub(crate) offsets: Arc<Offsets>,
     pub(crate) revoke_timeout: Duration,
+    pub(crate) group: Arc<str>,
+    pub(crate) metrics: ConsumerMetrics,
+    /// Up once the group assigned this member its partitions (possibly none).
+    pub(crate) member: Check,
+    /// The partitions assigned now: the only ones with a lag series.
+    pub(crate) assigned: Mutex<HashSet<PartKey>>,
 }
 
-impl ClientContext for GroupContext {}
+impl GroupContext {
+    fn assigned(&self) -> MutexGuard<'_, HashSet<PartKey>> {
+        // A poisoned lock only means a panic between two plain updates of the set.
+        self.assigned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records the assignment after a rebalance: the assigned-partitions gauge, and no lag
+    /// series for partitions that went away.
+    fn track_assignment(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut assigned = self.assigned();
+        let before = assigned.clone();
+        match consumer.assignment() {
+            Ok(tpl) => *assigned = keys_of(&tpl).into_iter().collect(),
+            // Fall back to the change itself.
+            Err(_) => match rebalance {
+                Rebalance::Assign(tpl) => assigned.extend(keys_of(tpl)),
+                Rebalance::Revoke(tpl) => {
+                    for key in keys_of(tpl) {
+                        assigned.remove(&key);
+                    }
+                }
+                Rebalance::Error(_) => assigned.clear(),
+            },
+        }
+        for (topic, partition) in before.difference(&assigned) {
+            // Absent when no statistics arrived while it was assigned.
+            let _ = self.metrics.lag.remove_label_values(&[
+                &*self.group,
+                topic.as_str(),
+                &partition.to_string(),
+            ]);
+        }
+        self.metrics
+            .assigned_partitions
+            .set(i64::try_from(assigned.len()).unwrap_or(i64::MAX));
+    }
+}
+
+fn keys_of(tpl: &TopicPartitionList) -> Vec<PartKey> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for GroupContext {
+    /// Every `statistics.interval.ms`, from inside the poll loop's `recv`: keep it cheap.
+    fn stats(&self, statistics: Statistics) {
+        let assigned = self.assigned();
+        for ((topic, partition), lag) in observe::partition_lags(&statistics, &assigned) {
+            self.metrics
+                .lag
+                .with_label_values(&[&*self.group, &topic, &partition.to_string()])
+                .set(lag);
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        let keys: Vec<PartKey> = tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_owned(), e.partition()))
-            .collect();
+        let keys = keys_of(tpl);
         let marks = blocking(|| self.offsets.revoke(&keys, self.revoke_timeout));
         tracing::info!(partitions = keys.len(), "partitions revoked");
         if marks.is_empty() {
@@ -53,6 +118,18 @@ impl ConsumerContext for GroupContext {
         {
             tracing::warn!(error = %e, "could not resume newly assigned partitions");
         }
+        match rebalance {
+            // Even an empty assignment makes this a member of the group.
+            Rebalance::Assign(_) => self.member.set(true),
+            // Revoked partitions were lost (session timed out, fenced), not handed over.
+            Rebalance::Revoke(_) if consumer.assignment_lost() => self.member.set(false),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance failed; the consumer rejoins its group");
+                self.member.set(false);
+            }
+        }
+        self.track_assignment(consumer, rebalance);
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -88,11 +165,14 @@ pub(crate) fn to_tpl(marks: &[(PartKey, i64)]) -> TopicPartitionList {
     tpl
 }
 
+/// A message on its way to a lane, counted in the in-flight gauge until dropped.
+pub(crate) type Taken = (OwnedMessage, InFlight);
+
 /// A partition's lanes and the messages waiting for room in them.
 struct Partition {
     generation: u64,
-    lanes: Vec<mpsc::Sender<OwnedMessage>>,
-    waiting: VecDeque<OwnedMessage>,
+    lanes: Vec<mpsc::Sender<Taken>>,
+    waiting: VecDeque<Taken>,
     paused: bool,
 }
 
@@ -123,10 +203,12 @@ impl PollLoop {
                 () = progress.notified() => self.refill(&mut partitions),
                 _ = commit_tick.tick() => {
                     partitions.retain(|k, p| offsets_live(&offsets, k, p.generation));
+                    self.count_paused(&partitions);
                     self.commit(CommitMode::Async);
                 }
                 received = self.consumer.recv() => match received {
                     Ok(m) => {
+                        self.worker.metrics.consumed.with_label_values(&[m.topic()]).inc();
                         let msg = m.detach();
                         self.dispatch(&mut partitions, msg, &lanes_token);
                     }
@@ -137,6 +219,7 @@ impl PollLoop {
         // Stop fetching, let running handlers finish (bounded), commit, leave the group.
         lanes_token.cancel();
         drop(partitions);
+        self.worker.metrics.paused_partitions.set(0);
         let timeout = self.shutdown_timeout;
         let marks = {
             let offsets = offsets.clone();
@@ -204,24 +287,40 @@ impl PollLoop {
         let Some(p) = partitions.get_mut(&key) else {
             return;
         };
-        p.waiting.push_back(msg);
-        self.feed(&key, p);
+        p.waiting
+            .push_back((msg, InFlight::new(&self.worker.metrics.in_flight)));
+        if self.feed(&key, p) {
+            self.count_paused(partitions);
+        }
     }
 
     fn refill(&self, partitions: &mut HashMap<PartKey, Partition>) {
+        let mut flipped = false;
         for (key, p) in partitions.iter_mut() {
             if !p.waiting.is_empty() || p.paused {
-                self.feed(key, p);
+                flipped |= self.feed(key, p);
             }
         }
+        if flipped {
+            self.count_paused(partitions);
+        }
+    }
+
+    fn count_paused(&self, partitions: &HashMap<PartKey, Partition>) {
+        let paused = partitions.values().filter(|p| p.paused).count();
+        self.worker
+            .metrics
+            .paused_partitions
+            .set(i64::try_from(paused).unwrap_or(i64::MAX));
     }
 
     /// Moves waiting messages into their lanes in order; pauses the partition when a queue's
     /// worth of messages waits, resumes it at half. Memory stays bounded by twice the queue
-    /// capacity plus what librdkafka had prefetched.
-    fn feed(&self, key: &PartKey, p: &mut Partition) {
+    /// capacity plus what librdkafka had prefetched. Returns whether the partition was paused
+    /// or resumed.
+    fn feed(&self, key: &PartKey, p: &mut Partition) -> bool {
         while let Some(msg) = p.waiting.pop_front() {
-            let lane = lane_of(msg.key(), p.lanes.len());
+            let lane = lane_of(msg.0.key(), p.lanes.len());
             match p.lanes[lane].try_send(msg) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(msg)) => {
@@ -256,10 +355,14 @@ impl PollLoop {
                 self.consumer.resume(&one)
             };
             match result {
-                Ok(()) => p.paused = want_pause,
+                Ok(()) => {
+                    p.paused = want_pause;
+                    return true;
+                }
                 Err(e) => tracing::debug!(error = %e, "pause/resume of a revoked partition"),
             }
         }
+        false
     }
 }
 

@@ -12,6 +12,7 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use gregor_wire::{TopicKind, base_topic, dlq_topic, headers as h, retry_topic};
 
@@ -21,6 +22,8 @@ use crate::forward::{self, Failure};
 use crate::metrics::{ConsumerMetrics, outcome};
 use crate::offsets::{Offsets, PartKey};
 use crate::route::{Attempt, ErrorKind, EventMeta, RouteEntry};
+use crate::runtime::Taken;
+use crate::trace;
 
 /// What became of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,21 +54,27 @@ pub(crate) async fn lane(
     key: PartKey,
     generation: u64,
     token: CancellationToken,
-    mut rx: mpsc::Receiver<OwnedMessage>,
+    mut rx: mpsc::Receiver<Taken>,
 ) {
     let batch_max = worker.batch_size(&key.0);
     let mut batch = Vec::with_capacity(batch_max);
+    // The batch's in-flight counts: released once its messages are finished (or with the lane).
+    let mut in_flight = Vec::with_capacity(batch_max);
     loop {
-        let msg = tokio::select! {
+        let (msg, counted) = tokio::select! {
             biased;
             () = token.cancelled() => return,
             m = rx.recv() => match m { Some(m) => m, None => return },
         };
         batch.clear();
         batch.push(msg);
+        in_flight.push(counted);
         while batch.len() < batch_max {
             match rx.try_recv() {
-                Ok(m) => batch.push(m),
+                Ok((m, counted)) => {
+                    batch.push(m);
+                    in_flight.push(counted);
+                }
                 Err(_) => break,
             }
         }
@@ -89,6 +98,7 @@ pub(crate) async fn lane(
             abandoned |= !done;
             worker.offsets.finish(&key, generation, msg.offset(), done);
         }
+        in_flight.clear();
         worker.progress.notify_one();
         if abandoned {
             return;
@@ -197,7 +207,30 @@ impl Worker {
         Ok(outcomes)
     }
 
+    /// Handles one message inside its `process` span (see [`trace`]).
     async fn process(&self, msg: &OwnedMessage, token: &CancellationToken) -> Outcome {
+        let kind = base_topic(msg.topic()).1;
+        // A retry copy waits for its due time (it travels in a header) outside the span.
+        if let TopicKind::Retry(_) = kind
+            && let Some(due) = h::get_time(msg.headers(), h::NOT_BEFORE)
+            && !wait_until(due, token).await
+        {
+            return Outcome::Abandoned;
+        }
+        let span = trace::process_span(msg, &self.group, kind == TopicKind::Main);
+        let (outcome, failure) = self
+            .process_in_span(msg, token)
+            .instrument(span.clone())
+            .await;
+        trace::record_outcome(&span, outcome, failure);
+        outcome
+    }
+
+    async fn process_in_span(
+        &self,
+        msg: &OwnedMessage,
+        token: &CancellationToken,
+    ) -> (Outcome, Option<ErrorKind>) {
         let started = Instant::now();
         let (base, kind) = base_topic(msg.topic());
         let Some(entry) = self
@@ -207,15 +240,9 @@ impl Worker {
         else {
             // Only routed topics are subscribed; a stray one is dead-lettered, not dropped.
             tracing::error!(topic = msg.topic(), "message from a topic without a route");
-            return Outcome::Abandoned;
+            return (Outcome::Abandoned, None);
         };
         let policy = &entry.policy;
-        if let TopicKind::Retry(_) = kind
-            && let Some(due) = h::get_time(msg.headers(), h::NOT_BEFORE)
-            && !wait_until(due, token).await
-        {
-            return Outcome::Abandoned;
-        }
         let prior: u32 = h::get_str(msg.headers(), h::ATTEMPT)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
@@ -231,11 +258,11 @@ impl Worker {
             match self.attempt(entry, msg, base, attempt).await {
                 AttemptResult::Handled => {
                     self.count(base, outcome::HANDLED, started);
-                    return Outcome::Handled;
+                    return (Outcome::Handled, None);
                 }
                 AttemptResult::Duplicate => {
                     self.count(base, outcome::DUPLICATE, started);
-                    return Outcome::Duplicate;
+                    return (Outcome::Duplicate, None);
                 }
                 AttemptResult::Failed(kind, message) => {
                     self.metrics
@@ -250,7 +277,7 @@ impl Worker {
                             // Not the message's fault: wait, never count it toward the DLQ.
                             unavailable += 1;
                             if !sleep(policy.backoff_after(unavailable), token).await {
-                                return Outcome::Abandoned;
+                                return (Outcome::Abandoned, None);
                             }
                             continue;
                         }
@@ -261,7 +288,7 @@ impl Worker {
                                 break (kind, message, attempt);
                             }
                             if !sleep(policy.backoff_after(tries), token).await {
-                                return Outcome::Abandoned;
+                                return (Outcome::Abandoned, None);
                             }
                         }
                     }
@@ -290,15 +317,25 @@ impl Worker {
             attempts,
             not_before,
         };
-        let headers = forward::copy_headers(msg, &self.group, &failure);
-        if !forward::forward(&self.producer, msg, &target, headers, token).await {
-            return Outcome::Abandoned;
+        let (publish, trace_headers) = trace::forward_span(&target);
+        let headers = forward::copy_headers(msg, &self.group, &failure, trace_headers.as_ref());
+        if !forward::forward(&self.producer, msg, &target, headers, token)
+            .instrument(publish)
+            .await
+        {
+            return (Outcome::Abandoned, Some(kind_failed));
         }
         self.count(base, label, started);
+        if label == outcome::DEAD_LETTERED {
+            self.metrics
+                .dead_lettered
+                .with_label_values(&[base, kind_failed.as_str()])
+                .inc();
+        }
         if label == outcome::RETRIED {
-            Outcome::Retried
+            (Outcome::Retried, Some(kind_failed))
         } else {
-            Outcome::DeadLettered
+            (Outcome::DeadLettered, Some(kind_failed))
         }
     }
 
@@ -309,6 +346,7 @@ impl Worker {
             .inc();
         self.metrics
             .handle_seconds
+            .with_label_values(&[topic])
             .observe(started.elapsed().as_secs_f64());
     }
 
