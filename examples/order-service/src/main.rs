@@ -65,14 +65,24 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> anyhow::Result<()> {
+    let env = gregor::config::Env::from_process();
+    let mut config = gregor_telemetry::TelemetryConfig::from_env("order-service", &env)?;
+    if env.get("RUST_LOG").is_none() {
+        config.log_filter = "warn".to_owned();
+    }
+    let telemetry = gregor_telemetry::init(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run());
+    // Export buffered spans after the runtime is gone (the exporter blocks).
+    drop(runtime);
+    drop(telemetry);
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let database_url =
         std::env::var("DATABASE_URL").map_err(|_| anyhow::anyhow!("DATABASE_URL is required"))?;

@@ -4,13 +4,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use gregor::avro::AvroSerializer;
+use gregor_telemetry::propagation;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use tracing::Instrument as _;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
@@ -123,9 +125,47 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// `POST /orders` in its server span: the trace starts here (or continues the caller's
+/// `traceparent`), and the outbox row carries it on to the relay and the consumers.
 async fn place_order(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Json(req): Json<PlaceOrder>,
+) -> Result<(StatusCode, Json<OrderPlaced>), (StatusCode, String)> {
+    let span = tracing::info_span!(
+        "POST /orders",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = "POST",
+        http.route = "/orders",
+        http.response.status_code = tracing::field::Empty,
+        order.customer = %req.customer,
+    );
+    if let Some(parent) = headers
+        .get(propagation::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        let state = headers
+            .get(propagation::TRACESTATE)
+            .and_then(|v| v.to_str().ok());
+        propagation::set_remote_parent(&span, parent, state);
+    }
+    let result = place_order_in_span(state, req)
+        .instrument(span.clone())
+        .await;
+    let status = match &result {
+        Ok((status, _)) | Err((status, _)) => *status,
+    };
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    result
+}
+
+async fn place_order_in_span(
+    state: AppState,
+    req: PlaceOrder,
 ) -> Result<(StatusCode, Json<OrderPlaced>), (StatusCode, String)> {
     if req.customer.trim().is_empty() || req.amount_cents <= 0 {
         return Err((

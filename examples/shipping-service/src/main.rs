@@ -8,6 +8,7 @@
 //!   attempt (a carrier timeout), to show retries;
 //! * `SHIPPING_REJECT_EVERY=N`: orders whose amount is a multiple of N are rejected for good
 //!   (an undeliverable address), to show the dead-letter topic;
+//! * `SHIPPING_DELAY_MS` (default 0): simulated carrier-call time per order, to show lag;
 //! * `SHIPPING_STATS_INTERVAL_MS` (default 1000): how often a stats line is printed;
 //! * `SHIPPING_BATCH_SIZE` (default 32): orders shipped per dedupe transaction (the handler
 //!   writes only inside that transaction, so batching is safe).
@@ -43,6 +44,7 @@ const READER_SCHEMA: &str = include_str!("../../../schemas/shipping-service/orde
 struct Faults {
     flaky_every: Option<i64>,
     reject_every: Option<i64>,
+    delay: Duration,
 }
 
 async fn ship(faults: Faults, ctx: Context, event: Event<OrderPlaced>) -> Result<(), HandlerError> {
@@ -58,6 +60,10 @@ async fn ship(faults: Faults, ctx: Context, event: Event<OrderPlaced>) -> Result
     }
     if multiple(faults.flaky_every) && event.attempt == 1 {
         return Err(HandlerError::retryable("carrier API timed out"));
+    }
+    if !faults.delay.is_zero() {
+        // The simulated carrier call.
+        tokio::time::sleep(faults.delay).await;
     }
     let mut tx = ctx.transaction().await?;
     sqlx::query(
@@ -129,6 +135,7 @@ async fn run(env: Env) -> anyhow::Result<()> {
     let faults = Faults {
         flaky_every: every("SHIPPING_FLAKY_EVERY")?,
         reject_every: every("SHIPPING_REJECT_EVERY")?,
+        delay: env.millis_or("SHIPPING_DELAY_MS", Duration::ZERO)?,
     };
     let interval = env.millis_or("SHIPPING_STATS_INTERVAL_MS", Duration::from_secs(1))?;
     let options = RouteOptions {
@@ -187,20 +194,34 @@ async fn wait_for_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,gregor_consumer=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Env::from_process()).await {
+fn main() -> ExitCode {
+    let env = Env::from_process();
+    let telemetry = match telemetry(&env) {
+        Ok(telemetry) => telemetry,
+        Err(e) => return fail(&e),
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(env)));
+    // Export buffered spans after the runtime is gone (the exporter blocks).
+    drop(telemetry);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("shipping-service: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => fail(&e),
     }
+}
+
+fn telemetry(env: &Env) -> anyhow::Result<gregor_telemetry::Telemetry> {
+    let mut config = gregor_telemetry::TelemetryConfig::from_env("shipping-service", env)?;
+    if env.get("RUST_LOG").is_none() {
+        config.log_filter = "warn,gregor_consumer=info".to_owned();
+    }
+    Ok(gregor_telemetry::init(&config)?)
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("shipping-service: {e:#}");
+    ExitCode::from(2)
 }
