@@ -12,6 +12,7 @@
 //! ```
 
 pub mod kafka;
+pub mod otlp;
 pub mod process;
 mod registry;
 pub mod services;

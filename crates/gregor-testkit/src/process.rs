@@ -49,9 +49,15 @@ pub struct Proc {
 impl Proc {
     /// Starts a workspace binary with `env`; its stderr goes to a log file.
     pub fn spawn(name: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::spawn_args(name, &[], env)
+    }
+
+    /// [`spawn`](Self::spawn) with command-line arguments.
+    pub fn spawn_args(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique_name(name)));
         let file = std::fs::File::create(&log)?;
         let child = command(name, env)?
+            .args(args)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()?;
