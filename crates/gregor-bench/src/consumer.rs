@@ -71,7 +71,7 @@ struct BenchEvent {
 
 /// How long a drain took.
 #[derive(Debug, Clone, Copy)]
-struct Timing {
+pub(crate) struct Timing {
     /// Start (subscribe) to the first event.
     join: Duration,
     /// First event to the last.
@@ -79,7 +79,7 @@ struct Timing {
 }
 
 impl Timing {
-    fn rate(&self, events: u64) -> f64 {
+    pub(crate) fn rate(&self, events: u64) -> f64 {
         events as f64 / self.drain.as_secs_f64().max(1e-9)
     }
 
@@ -87,7 +87,7 @@ impl Timing {
         events as f64 / (self.join + self.drain).as_secs_f64().max(1e-9)
     }
 
-    fn extra(&self, events: u64) -> [(&'static str, serde_json::Value); 3] {
+    pub(crate) fn extra(&self, events: u64) -> [(&'static str, serde_json::Value); 3] {
         [
             ("join_s", json!(round3(self.join.as_secs_f64()))),
             ("drain_s", json!(round3(self.drain.as_secs_f64()))),
@@ -311,7 +311,11 @@ fn rss_kib(kind: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn create_topics(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+pub(crate) async fn create_topics(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
     kafka::create_topic_on(bootstrap, topic, partitions).await?;
     kafka::create_topic_on(bootstrap, &format!("{topic}.dlq"), 1).await
 }
@@ -334,12 +338,24 @@ fn event_json(seq: u64, id: &str, key: &str, size: usize) -> Vec<u8> {
 
 /// Produces `events` JSON events with a unique `ce_id` each through an idempotent producer;
 /// returns the production rate.
-async fn produce(
+pub(crate) async fn produce(
     bootstrap: &str,
     topic: &str,
     events: u64,
     size: usize,
     keys: u64,
+) -> anyhow::Result<f64> {
+    produce_with(bootstrap, topic, events, size, keys, false).await
+}
+
+/// [`produce`]; with `traced`, each event also carries a sampled `traceparent` of its own trace.
+pub(crate) async fn produce_with(
+    bootstrap: &str,
+    topic: &str,
+    events: u64,
+    size: usize,
+    keys: u64,
+    traced: bool,
 ) -> anyhow::Result<f64> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -355,10 +371,17 @@ async fn produce(
         let id = Uuid::new_v4().to_string();
         let k = key(i, keys);
         let body = event_json(i, &id, &k, size);
-        let headers = OwnedHeaders::new().insert(Header {
+        let mut headers = OwnedHeaders::new().insert(Header {
             key: gregor_wire::headers::CE_ID,
             value: Some(id.as_str()),
         });
+        if traced {
+            let parent = format!("00-{}-{:016x}-01", Uuid::new_v4().simple(), i + 1);
+            headers = headers.insert(Header {
+                key: gregor_wire::headers::TRACEPARENT,
+                value: Some(parent.as_str()),
+            });
+        }
         let mut record = FutureRecord::to(topic)
             .key(k.as_str())
             .payload(body.as_slice())
@@ -429,7 +452,7 @@ async fn bare_consume(bootstrap: &str, topic: &str, events: u64) -> anyhow::Resu
 
 /// The runtime's configuration: pass-through `KAFKA_*` and `GREGOR_CONSUMER_*` variables of
 /// this process, then the scenario's own settings.
-fn config(
+pub(crate) fn config(
     bootstrap: &str,
     database_url: Option<&str>,
     key_concurrency: usize,
@@ -454,7 +477,7 @@ fn config(
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Mode {
+pub(crate) enum Mode {
     /// Decode and touch the fields.
     Touch,
     /// One INSERT in the dedupe transaction, `batch` messages per transaction.
@@ -482,7 +505,7 @@ async fn insert(ctx: Context, event: Event<BenchEvent>) -> Result<(), HandlerErr
 }
 
 /// Runs the runtime over `topic` until it handled `events` events.
-async fn runtime_drain(
+pub(crate) async fn runtime_drain(
     config: ConsumerConfig,
     topic: &str,
     events: u64,
@@ -540,15 +563,15 @@ async fn runtime_drain(
 
 /// A fresh database for the dedupe scenario, dropped at the end.
 #[derive(Debug)]
-struct BenchDb {
+pub(crate) struct BenchDb {
     admin_url: String,
     name: String,
-    url: String,
-    pool: PgPool,
+    pub(crate) url: String,
+    pub(crate) pool: PgPool,
 }
 
 impl BenchDb {
-    async fn create(admin_url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn create(admin_url: &str) -> anyhow::Result<Self> {
         let name = unique_name("bench").replace('-', "_");
         let mut admin = PgConnection::connect(admin_url)
             .await
@@ -574,7 +597,7 @@ impl BenchDb {
         })
     }
 
-    async fn drop(self) -> anyhow::Result<()> {
+    pub(crate) async fn drop(self) -> anyhow::Result<()> {
         self.pool.close().await;
         let mut admin = PgConnection::connect(&self.admin_url).await?;
         sqlx::query(&format!(

@@ -12,6 +12,7 @@ mod avro;
 mod consumer;
 mod relay;
 mod report;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,8 @@ enum Command {
     /// Avro decode into a typed struct (framing, schema cache, resolution) vs bare apache-avro
     /// with pre-parsed schemas; needs SCHEMA_REGISTRY_URL.
     Avro(avro::Options),
+    /// Relay and consumer throughput with tracing and OTLP export on vs off.
+    Telemetry(telemetry::Options),
 }
 
 /// The events every throughput scenario produces.
@@ -55,5 +58,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Relay(options) => relay::run(options).await,
         Command::Consumer(options) => consumer::run(options).await,
         Command::Avro(options) => avro::run(options).await,
+        Command::Telemetry(options) => telemetry::run(options).await,
     }
 }

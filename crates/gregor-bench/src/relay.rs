@@ -62,7 +62,8 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
         let topic = unique_name("bench-relay");
         kafka::create_topic_on(&bootstrap, &topic, o.partitions).await?;
         fill(&db.pool, &topic, &o).await?;
-        let (rate, rss) = relay_drain(&db, &bootstrap, &relay_bin, replicas, o.work.events).await?;
+        let (rate, rss) =
+            relay_drain(&db, &bootstrap, &relay_bin, replicas, o.work.events, &[]).await?;
         peak_rss_kib = peak_rss_kib.max(rss);
         emit(
             &format!(
@@ -118,7 +119,7 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn relay_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn relay_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe
         .parent()
@@ -191,17 +192,34 @@ async fn bare_producer(bootstrap: &str, o: &Options) -> anyhow::Result<f64> {
 
 /// Fills the outbox through the library's batch enqueue.
 async fn fill(pool: &PgPool, topic: &str, o: &Options) -> anyhow::Result<()> {
-    let payload = vec![b'x'; o.work.payload];
+    fill_with(pool, topic, &o.work, false).await
+}
+
+/// [`fill`]; with `traced`, each row carries a sampled trace context of its own trace.
+pub(crate) async fn fill_with(
+    pool: &PgPool,
+    topic: &str,
+    work: &crate::Workload,
+    traced: bool,
+) -> anyhow::Result<()> {
+    let o = work;
+    let payload = vec![b'x'; o.payload];
     let mut i = 0;
-    while i < o.work.events {
-        let end = (i + 5000).min(o.work.events);
+    while i < o.events {
+        let end = (i + 5000).min(o.events);
         let mut tx = pool.begin().await?;
         gregor_outbox::enqueue_batch(
             &mut tx,
             (i..end).map(|n| {
-                OutboxMessage::new(topic, "bench", "/bench")
-                    .key(key(n, o.work.keys))
-                    .payload(payload.clone())
+                let message = OutboxMessage::new(topic, "bench", "/bench")
+                    .key(key(n, o.keys))
+                    .payload(payload.clone());
+                if traced {
+                    let parent = format!("00-{}-{:016x}-01", Uuid::new_v4().simple(), n + 1);
+                    message.trace_context(parent, None)
+                } else {
+                    message
+                }
             }),
         )
         .await?;
@@ -269,6 +287,7 @@ fn spawn_relay(
     db: &TestDb,
     bootstrap: &str,
     name: &str,
+    extra_env: &[(&str, &str)],
 ) -> anyhow::Result<RelayProc> {
     let child = Command::new(bin)
         .env_clear()
@@ -284,6 +303,7 @@ fn spawn_relay(
             (k.starts_with("KAFKA_") && k != "KAFKA_BOOTSTRAP_SERVERS")
                 || (k.starts_with("GREGOR_RELAY_") && k != "GREGOR_RELAY_NAME")
         }))
+        .envs(extra_env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -331,16 +351,17 @@ async fn reset_leases(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// Drain time from the first lease taken to an empty outbox.
-async fn relay_drain(
+pub(crate) async fn relay_drain(
     db: &TestDb,
     bootstrap: &str,
     bin: &PathBuf,
     replicas: usize,
     events: u64,
+    extra_env: &[(&str, &str)],
 ) -> anyhow::Result<(f64, u64)> {
     reset_leases(&db.pool).await?;
     let procs: Vec<RelayProc> = (0..replicas)
-        .map(|i| spawn_relay(bin, db, bootstrap, &format!("bench-{i}")))
+        .map(|i| spawn_relay(bin, db, bootstrap, &format!("bench-{i}"), extra_env))
         .collect::<Result<_, _>>()?;
     let pool = &db.pool;
     let started = poll(
@@ -385,7 +406,7 @@ async fn latency(
     let topic = unique_name("bench-latency");
     kafka::create_topic_on(bootstrap, &topic, o.partitions).await?;
     reset_leases(&db.pool).await?;
-    let relay = spawn_relay(bin, db, bootstrap, "bench-latency")?;
+    let relay = spawn_relay(bin, db, bootstrap, "bench-latency", &[])?;
     let pool = &db.pool;
     poll(
         Duration::from_secs(30),

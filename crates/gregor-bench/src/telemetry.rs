@@ -1,0 +1,234 @@
+//! `gregor-bench telemetry`: what tracing with OTLP export costs. The relay drains traced
+//! outbox rows with export off and then on (a separate process each time, exporting to an
+//! OTLP/HTTP receiver in this process), and the consumer runtime drains traced messages with
+//! its OpenTelemetry layer off and then on — each pair in one run, alternating, with the
+//! default sampler (parent-based, always on: every traced message is exported).
+
+use std::sync::OnceLock;
+
+use anyhow::bail;
+use gregor_testkit::otlp::OtlpReceiver;
+use gregor_testkit::{TestDb, kafka, unique_name};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde_json::json;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{Layer, Registry, reload};
+
+use crate::Workload;
+use crate::consumer::{self, Mode};
+use crate::relay;
+use crate::report::emit;
+
+/// Telemetry benchmark options.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Options {
+    #[command(flatten)]
+    work: Workload,
+    /// Partitions of each topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Off/on pairs per component (the best of each side is reported).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+}
+
+type OtelLayer = Box<dyn Layer<Registry> + Send + Sync>;
+type Switch = reload::Handle<Option<OtelLayer>, Registry>;
+
+pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
+    let server = gregor_testkit::database_url()?;
+    let bootstrap = gregor_testkit::kafka_bootstrap()?;
+    let receiver = OtlpReceiver::start_discarding().await?;
+    println!(
+        "telemetry benchmark: {} traced events of {} bytes over {} keys, {} partitions, {} rounds",
+        o.work.events, o.work.payload, o.work.keys, o.partitions, o.rounds
+    );
+    relay_overhead(&o, &server, &bootstrap, &receiver).await?;
+    consumer_overhead(&o, &server, &bootstrap, &receiver).await
+}
+
+async fn relay_overhead(
+    o: &Options,
+    server: &str,
+    bootstrap: &str,
+    receiver: &OtlpReceiver,
+) -> anyhow::Result<()> {
+    let bin = relay::relay_binary()?;
+    let db = TestDb::create_on(server, "bench_telemetry").await?;
+    let endpoint = receiver.endpoint().to_owned();
+    let on_env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "gregor-relay-bench"),
+    ];
+    let (mut off, mut on) = (0.0f64, 0.0f64);
+    let mut exported = 0;
+    for round in 0..o.rounds {
+        for export in [false, true] {
+            let topic = unique_name("bench-telemetry");
+            kafka::create_topic_on(bootstrap, &topic, o.partitions).await?;
+            relay::fill_with(&db.pool, &topic, &o.work, true).await?;
+            let env: &[(&str, &str)] = if export { &on_env } else { &[] };
+            let before = receiver.span_count();
+            let (rate, _) = relay::relay_drain(&db, bootstrap, &bin, 1, o.work.events, env).await?;
+            let spans = receiver.span_count() - before;
+            println!(
+                "round {round}: relay export {}: {rate:.0} events/s, {spans} spans received",
+                if export { "on" } else { "off" }
+            );
+            if export {
+                on = on.max(rate);
+                exported += spans;
+            } else {
+                off = off.max(rate);
+            }
+        }
+    }
+    emit(
+        "relay_drain_otlp_on",
+        on,
+        "events/s",
+        off,
+        &[
+            ("baseline_kind", json!("same relay, export off")),
+            ("target_ratio", json!(0.9)),
+            ("spans_received", json!(exported)),
+            ("events", json!(o.work.events)),
+            ("rounds", json!(o.rounds)),
+        ],
+    );
+    Ok(())
+}
+
+async fn consumer_overhead(
+    o: &Options,
+    server: &str,
+    bootstrap: &str,
+    receiver: &OtlpReceiver,
+) -> anyhow::Result<()> {
+    let switch = install_switch()?;
+    let topic = unique_name("bench-telemetry-consumer");
+    consumer::create_topics(bootstrap, &topic, o.partitions).await?;
+    consumer::produce_with(
+        bootstrap,
+        &topic,
+        o.work.events,
+        o.work.payload,
+        o.work.keys,
+        true,
+    )
+    .await?;
+    let db = consumer::BenchDb::create(server).await?;
+    let result = consumer_rounds(o, bootstrap, &topic, receiver, &switch, &db).await;
+    let dropped = db.drop().await;
+    result?;
+    dropped
+}
+
+async fn consumer_rounds(
+    o: &Options,
+    bootstrap: &str,
+    topic: &str,
+    receiver: &OtlpReceiver,
+    switch: &Switch,
+    db: &consumer::BenchDb,
+) -> anyhow::Result<()> {
+    for (name, mode, url) in [
+        ("consumer_json_otlp_on", Mode::Touch, None),
+        (
+            "consumer_dedupe_otlp_on",
+            Mode::Insert { batch: 1 },
+            Some(db.url.as_str()),
+        ),
+    ] {
+        let (mut off, mut on) = (0.0f64, 0.0f64);
+        let mut exported = 0;
+        for round in 0..o.rounds {
+            for export in [false, true] {
+                sqlx::query("TRUNCATE bench_effects, gregor_inbox")
+                    .execute(&db.pool)
+                    .await?;
+                let provider = if export {
+                    Some(enable(switch, receiver)?)
+                } else {
+                    None
+                };
+                let before = receiver.span_count();
+                let config = consumer::config(bootstrap, url, 1, 8)?;
+                let timing = consumer::runtime_drain(config, topic, o.work.events, mode).await;
+                if let Some(provider) = provider {
+                    disable(switch, provider)?;
+                }
+                let rate = timing?.rate(o.work.events);
+                let spans = receiver.span_count() - before;
+                println!(
+                    "round {round}: {name} export {}: {rate:.0} events/s, {spans} spans received",
+                    if export { "on" } else { "off" }
+                );
+                if export {
+                    on = on.max(rate);
+                    exported += spans;
+                } else {
+                    off = off.max(rate);
+                }
+            }
+        }
+        emit(
+            name,
+            on,
+            "events/s",
+            off,
+            &[
+                (
+                    "baseline_kind",
+                    json!("same runtime, OpenTelemetry layer off"),
+                ),
+                ("target_ratio", json!(0.9)),
+                ("spans_received", json!(exported)),
+                ("events", json!(o.work.events)),
+                ("rounds", json!(o.rounds)),
+            ],
+        );
+    }
+    Ok(())
+}
+
+/// A global subscriber whose OpenTelemetry layer can be switched on and off.
+fn install_switch() -> anyhow::Result<Switch> {
+    static SWITCH: OnceLock<Switch> = OnceLock::new();
+    if let Some(switch) = SWITCH.get() {
+        return Ok(switch.clone());
+    }
+    let (layer, handle) = reload::Layer::new(None::<OtelLayer>);
+    tracing_subscriber::registry().with(layer).try_init()?;
+    Ok(SWITCH.get_or_init(|| handle).clone())
+}
+
+/// The same exporter set-up as `gregor_telemetry::init` with an endpoint.
+fn enable(switch: &Switch, receiver: &OtlpReceiver) -> anyhow::Result<SdkTracerProvider> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(format!("{}/v1/traces", receiver.endpoint()))
+        .build()?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .build();
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("gregor"))
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        .boxed();
+    switch.modify(|l| *l = Some(layer))?;
+    Ok(provider)
+}
+
+fn disable(switch: &Switch, provider: SdkTracerProvider) -> anyhow::Result<()> {
+    switch.modify(|l| *l = None)?;
+    if let Err(e) = provider.shutdown() {
+        bail!("trace export did not shut down: {e}");
+    }
+    Ok(())
+}
