@@ -345,17 +345,18 @@ pub(crate) async fn produce(
     size: usize,
     keys: u64,
 ) -> anyhow::Result<f64> {
-    produce_with(bootstrap, topic, events, size, keys, false).await
+    produce_with(bootstrap, topic, events, size, keys, None).await
 }
 
-/// [`produce`]; with `traced`, each event also carries a sampled `traceparent` of its own trace.
+/// [`produce`]; with `sampled_every: Some(n)`, each event also carries a `traceparent` of its
+/// own trace, every n-th one flagged sampled.
 pub(crate) async fn produce_with(
     bootstrap: &str,
     topic: &str,
     events: u64,
     size: usize,
     keys: u64,
-    traced: bool,
+    sampled_every: Option<u64>,
 ) -> anyhow::Result<f64> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -375,8 +376,9 @@ pub(crate) async fn produce_with(
             key: gregor_wire::headers::CE_ID,
             value: Some(id.as_str()),
         });
-        if traced {
-            let parent = format!("00-{}-{:016x}-01", Uuid::new_v4().simple(), i + 1);
+        if let Some(every) = sampled_every {
+            let flags = if i % every.max(1) == 0 { "01" } else { "00" };
+            let parent = format!("00-{}-{:016x}-{flags}", Uuid::new_v4().simple(), i + 1);
             headers = headers.insert(Header {
                 key: gregor_wire::headers::TRACEPARENT,
                 value: Some(parent.as_str()),

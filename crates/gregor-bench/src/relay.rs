@@ -192,15 +192,16 @@ async fn bare_producer(bootstrap: &str, o: &Options) -> anyhow::Result<f64> {
 
 /// Fills the outbox through the library's batch enqueue.
 async fn fill(pool: &PgPool, topic: &str, o: &Options) -> anyhow::Result<()> {
-    fill_with(pool, topic, &o.work, false).await
+    fill_with(pool, topic, &o.work, None).await
 }
 
-/// [`fill`]; with `traced`, each row carries a sampled trace context of its own trace.
+/// [`fill`]; with `sampled_every: Some(n)`, each row carries a trace context of its own
+/// trace, every n-th one flagged sampled.
 pub(crate) async fn fill_with(
     pool: &PgPool,
     topic: &str,
     work: &crate::Workload,
-    traced: bool,
+    sampled_every: Option<u64>,
 ) -> anyhow::Result<()> {
     let o = work;
     let payload = vec![b'x'; o.payload];
@@ -214,8 +215,10 @@ pub(crate) async fn fill_with(
                 let message = OutboxMessage::new(topic, "bench", "/bench")
                     .key(key(n, o.keys))
                     .payload(payload.clone());
-                if traced {
-                    let parent = format!("00-{}-{:016x}-01", Uuid::new_v4().simple(), n + 1);
+                if let Some(every) = sampled_every {
+                    let flags = if n % every.max(1) == 0 { "01" } else { "00" };
+                    let parent =
+                        format!("00-{}-{:016x}-{flags}", Uuid::new_v4().simple(), n + 1);
                     message.trace_context(parent, None)
                 } else {
                     message
@@ -310,6 +313,25 @@ fn spawn_relay(
     Ok(RelayProc(child))
 }
 
+/// User plus system CPU time a process used so far (all its threads).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // Linux reports these in USER_HZ, 100 per second on every supported platform.
+    ticks as f64 / 100.0
+}
+
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -358,7 +380,7 @@ pub(crate) async fn relay_drain(
     replicas: usize,
     events: u64,
     extra_env: &[(&str, &str)],
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<(f64, u64, f64)> {
     reset_leases(&db.pool).await?;
     let procs: Vec<RelayProc> = (0..replicas)
         .map(|i| spawn_relay(bin, db, bootstrap, &format!("bench-{i}"), extra_env))
@@ -389,10 +411,11 @@ pub(crate) async fn relay_drain(
         .map(|p| peak_rss_kib(p.0.id()))
         .max()
         .unwrap_or(0);
+    let cpu = procs.iter().map(|p| cpu_seconds(p.0.id())).sum();
     for p in procs {
         p.stop();
     }
-    Ok((events as f64 / (done - started).as_secs_f64(), rss))
+    Ok((events as f64 / (done - started).as_secs_f64(), rss, cpu))
 }
 
 /// Steady load: single-event transactions at `rate`; latency from just before COMMIT to the

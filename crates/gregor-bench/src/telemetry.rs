@@ -33,6 +33,13 @@ pub(crate) struct Options {
     /// Off/on pairs per component (the best of each side is reported).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Every n-th event's trace context is flagged sampled (1: all of them, the worst case;
+    /// 10 models a caller sampling 10 % of its requests).
+    #[arg(long, default_value_t = 1)]
+    sampled_every: u64,
+    /// Skips the dedupe (database) consumer scenario.
+    #[arg(long)]
+    no_dedupe: bool,
 }
 
 type OtelLayer = Box<dyn Layer<Registry> + Send + Sync>;
@@ -64,25 +71,31 @@ async fn relay_overhead(
         ("OTEL_SERVICE_NAME", "gregor-relay-bench"),
     ];
     let (mut off, mut on) = (0.0f64, 0.0f64);
+    let (mut cpu_off, mut cpu_on) = (f64::MAX, f64::MAX);
     let mut exported = 0;
     for round in 0..o.rounds {
         for export in [false, true] {
             let topic = unique_name("bench-telemetry");
             kafka::create_topic_on(bootstrap, &topic, o.partitions).await?;
-            relay::fill_with(&db.pool, &topic, &o.work, true).await?;
+            relay::fill_with(&db.pool, &topic, &o.work, Some(o.sampled_every)).await?;
             let env: &[(&str, &str)] = if export { &on_env } else { &[] };
             let before = receiver.span_count();
-            let (rate, _) = relay::relay_drain(&db, bootstrap, &bin, 1, o.work.events, env).await?;
+            let (rate, _, cpu) =
+                relay::relay_drain(&db, bootstrap, &bin, 1, o.work.events, env).await?;
             let spans = receiver.span_count() - before;
+            // CPU of the relay process per event: independent of what else shares the machine.
+            let cpu_us = cpu * 1e6 / o.work.events as f64;
             println!(
-                "round {round}: relay export {}: {rate:.0} events/s, {spans} spans received",
+                "round {round}: relay export {}: {rate:.0} events/s, {cpu_us:.1} µs CPU/event, {spans} spans received",
                 if export { "on" } else { "off" }
             );
             if export {
                 on = on.max(rate);
+                cpu_on = cpu_on.min(cpu_us);
                 exported += spans;
             } else {
                 off = off.max(rate);
+                cpu_off = cpu_off.min(cpu_us);
             }
         }
     }
@@ -94,7 +107,10 @@ async fn relay_overhead(
         &[
             ("baseline_kind", json!("same relay, export off")),
             ("target_ratio", json!(0.9)),
+            ("cpu_us_per_event", json!((cpu_on * 10.0).round() / 10.0)),
+            ("baseline_cpu_us_per_event", json!((cpu_off * 10.0).round() / 10.0)),
             ("spans_received", json!(exported)),
+            ("sampled_every", json!(o.sampled_every)),
             ("events", json!(o.work.events)),
             ("rounds", json!(o.rounds)),
         ],
@@ -187,6 +203,7 @@ async fn consumer_rounds(
                 ),
                 ("target_ratio", json!(0.9)),
                 ("spans_received", json!(exported)),
+                ("sampled_every", json!(o.sampled_every)),
                 ("events", json!(o.work.events)),
                 ("rounds", json!(o.rounds)),
             ],
