@@ -62,7 +62,7 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
         let topic = unique_name("bench-relay");
         kafka::create_topic_on(&bootstrap, &topic, o.partitions).await?;
         fill(&db.pool, &topic, &o).await?;
-        let (rate, rss) =
+        let (rate, rss, _) =
             relay_drain(&db, &bootstrap, &relay_bin, replicas, o.work.events, &[]).await?;
         peak_rss_kib = peak_rss_kib.max(rss);
         emit(
@@ -217,8 +217,7 @@ pub(crate) async fn fill_with(
                     .payload(payload.clone());
                 if let Some(every) = sampled_every {
                     let flags = if n % every.max(1) == 0 { "01" } else { "00" };
-                    let parent =
-                        format!("00-{}-{:016x}-{flags}", Uuid::new_v4().simple(), n + 1);
+                    let parent = format!("00-{}-{:016x}-{flags}", Uuid::new_v4().simple(), n + 1);
                     message.trace_context(parent, None)
                 } else {
                     message

@@ -108,7 +108,10 @@ async fn relay_overhead(
             ("baseline_kind", json!("same relay, export off")),
             ("target_ratio", json!(0.9)),
             ("cpu_us_per_event", json!((cpu_on * 10.0).round() / 10.0)),
-            ("baseline_cpu_us_per_event", json!((cpu_off * 10.0).round() / 10.0)),
+            (
+                "baseline_cpu_us_per_event",
+                json!((cpu_off * 10.0).round() / 10.0),
+            ),
             ("spans_received", json!(exported)),
             ("sampled_every", json!(o.sampled_every)),
             ("events", json!(o.work.events)),
@@ -133,7 +136,7 @@ async fn consumer_overhead(
         o.work.events,
         o.work.payload,
         o.work.keys,
-        true,
+        Some(o.sampled_every),
     )
     .await?;
     let db = consumer::BenchDb::create(server).await?;
