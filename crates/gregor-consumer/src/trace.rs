@@ -75,3 +75,73 @@ pub(crate) fn forward_span(topic: &str) -> (Span, Option<TraceHeaders>) {
     let headers = propagation::trace_headers(&span);
     (span, headers)
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use rdkafka::Timestamp;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const SPAN: &str = "b7ad6b7169203331";
+
+    fn message(topic: &str, replayed: bool) -> OwnedMessage {
+        let parent = format!("00-{TRACE}-{SPAN}-01");
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: h::TRACEPARENT,
+            value: Some(parent.as_str()),
+        });
+        if replayed {
+            headers = headers.insert(Header {
+                key: h::REPLAYED_AT,
+                value: Some("2026-11-30T00:00:00Z"),
+            });
+        }
+        OwnedMessage::new(
+            None,
+            None,
+            topic.into(),
+            Timestamp::CreateTime(1),
+            0,
+            3,
+            Some(headers),
+        )
+    }
+
+    #[test]
+    fn a_message_continues_its_trace_and_a_replayed_one_links_to_it() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            drop(process_span(&message("orders", false), "g", true));
+            drop(process_span(&message("orders", true), "g", true));
+            // A replayed copy that failed again continues on its retry topic.
+            drop(process_span(&message("orders.retry.1", true), "g", false));
+        });
+        let spans = exporter.get_finished_spans().expect("spans");
+        assert_eq!(spans.len(), 3);
+        let trace = |i: usize| spans[i].span_context.trace_id().to_string();
+        let parent = |i: usize| spans[i].parent_span_id.to_string();
+        assert_eq!((trace(0), parent(0)), (TRACE.to_owned(), SPAN.to_owned()));
+        assert_ne!(trace(1), TRACE, "a replay starts a new trace");
+        let links: Vec<String> = spans[1]
+            .links
+            .iter()
+            .map(|l| format!("{}-{}", l.span_context.trace_id(), l.span_context.span_id()))
+            .collect();
+        assert_eq!(links, [format!("{TRACE}-{SPAN}")]);
+        assert_eq!((trace(2), parent(2)), (TRACE.to_owned(), SPAN.to_owned()));
+        assert_eq!(spans[0].name, "process orders");
+        assert!(spans[0].attributes.iter().any(|kv| kv.key.as_str()
+            == "messaging.consumer.group.name"
+            && kv.value.as_str() == "g"));
+    }
+}
