@@ -329,9 +329,18 @@ impl RegistryClient {
                 .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
                 .body(body.to_string());
         }
-        let unreachable = |e: reqwest::Error| AvroError::Unreachable {
-            url: base.to_owned(),
-            reason: describe(&e),
+        let unreachable = |e: reqwest::Error| {
+            let mut reason = describe(&e);
+            if reason.contains("certificate") {
+                reason.push_str(
+                    " (TLS: check SCHEMA_REGISTRY_CA_LOCATION, the CA that signed the \
+                     registry's certificate, and the host name in SCHEMA_REGISTRY_URL)",
+                );
+            }
+            AvroError::Unreachable {
+                url: base.to_owned(),
+                reason,
+            }
         };
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status();

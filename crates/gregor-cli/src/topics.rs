@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use gregor_config::{Env, KafkaSettings};
+use gregor_config::{BrokerStatus, Env, KafkaSettings};
 use gregor_wire::TopicKind;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -45,6 +45,26 @@ const DEFAULT_PARTITIONS: i32 = 6;
 /// Broker settings from `KAFKA_BOOTSTRAP_SERVERS` and the `KAFKA_*` pass-through variables.
 pub(crate) fn kafka_settings() -> anyhow::Result<KafkaSettings> {
     Ok(KafkaSettings::from_env(&Env::from_process())?)
+}
+
+/// Connects once with `kafka`: refused credentials or a failed TLS handshake end the command
+/// at once with a configuration error (exit 2), a broker that does not answer within
+/// [`REQUEST_TIMEOUT`] with an operation error (exit 1).
+pub(crate) async fn check_broker(kafka: &KafkaSettings) -> anyhow::Result<()> {
+    let settings = kafka.clone();
+    match tokio::task::spawn_blocking(move || settings.check_broker(REQUEST_TIMEOUT))
+        .await
+        .context("the broker check failed")??
+    {
+        BrokerStatus::Reachable => Ok(()),
+        BrokerStatus::Unreachable(last) => bail!(
+            "the broker at {} did not answer within {}s{}",
+            kafka.bootstrap_servers(),
+            REQUEST_TIMEOUT.as_secs(),
+            last.map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        ),
+    }
 }
 
 /// A consumer used only for metadata requests; it never asks the broker to create topics.
@@ -125,6 +145,7 @@ async fn ensure(
 ) -> anyhow::Result<()> {
     validate_main_topic(topic)?;
     let kafka = kafka_settings()?;
+    check_broker(&kafka).await?;
     let client = metadata_client(&kafka)?;
 
     let mut names = vec![topic.to_owned()];

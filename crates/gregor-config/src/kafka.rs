@@ -84,6 +84,15 @@ impl KafkaSettings {
         self.properties.get(property).map(|(var, _)| var.as_str())
     }
 
+    /// The values of the secret properties (passwords, keys, tokens), for scrubbing texts
+    /// that librdkafka produced.
+    pub(crate) fn secret_values(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.properties
+            .iter()
+            .filter(|(k, _)| is_sensitive(k))
+            .map(|(k, (_, v))| (k.as_str(), v.expose().as_str()))
+    }
+
     /// A librdkafka configuration: `defaults` first, then the pass-through properties.
     pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();

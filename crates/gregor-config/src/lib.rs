@@ -4,7 +4,9 @@
 //! * [`DatabaseUrl`] is a PostgreSQL URL whose password never prints.
 //! * [`KafkaSettings`] holds `bootstrap.servers` plus every `KAFKA_<PROPERTY>` variable passed
 //!   through to librdkafka (`KAFKA_SECURITY_PROTOCOL` → `security.protocol`), redacting the
-//!   sensitive ones.
+//!   sensitive ones; [`KafkaSettings::check_broker`] tells refused credentials and TLS
+//!   failures (stop, [`ConfigError::BrokerAuthentication`] / [`ConfigError::BrokerTls`]) from
+//!   an unreachable broker (wait).
 //! * [`Env`] reads variables from the process or from a map, so tests never touch the process
 //!   environment, and names the variable in every error.
 //!
@@ -23,9 +25,11 @@
 mod env;
 mod error;
 mod kafka;
+mod probe;
 mod secret;
 
 pub use env::Env;
 pub use error::ConfigError;
 pub use kafka::{BOOTSTRAP_VAR, KafkaSettings};
+pub use probe::BrokerStatus;
 pub use secret::{DatabaseUrl, Secret};

@@ -146,6 +146,13 @@ impl ConsumerBuilder {
 
     /// Connects, applies the inbox schema, checks that every topic exists and joins nothing
     /// yet: the group is joined by [`Consumer::run`].
+    ///
+    /// A broker that refuses the credentials or the TLS handshake fails the build at once
+    /// with [`ConsumerError::Config`] holding
+    /// [`ConfigError::BrokerAuthentication`](gregor_config::ConfigError::BrokerAuthentication)
+    /// or [`ConfigError::BrokerTls`](gregor_config::ConfigError::BrokerTls) (not retryable,
+    /// no secret in the text); a broker that does not answer within 15 s is a retryable
+    /// [`ConsumerError::Kafka`].
     pub async fn build(self) -> Result<Consumer, ConsumerError> {
         let config = self.config;
         config.validate()?;
@@ -218,6 +225,7 @@ impl ConsumerBuilder {
         dlq_topics.sort();
         let mut needed = topics.clone();
         needed.extend(dlq_topics.iter().cloned());
+        check_broker(&config.kafka).await?;
         let missing = missing_topics(&consumer, &needed).await?;
         if !missing.is_empty() {
             return Err(ConsumerError::MissingTopics(missing));
@@ -250,6 +258,26 @@ impl ConsumerBuilder {
             dlq_topics,
             dlq_depth_interval: config.dlq_depth_interval,
         })
+    }
+}
+
+/// How long [`ConsumerBuilder::build`] waits for the broker.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Fails fast, with a configuration error, when the broker refuses the credentials or the
+/// TLS handshake; an unreachable broker is a retryable [`ConsumerError::Kafka`].
+async fn check_broker(kafka: &gregor_config::KafkaSettings) -> Result<(), ConsumerError> {
+    use gregor_config::BrokerStatus;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+    let kafka = kafka.clone();
+    match tokio::task::spawn_blocking(move || kafka.check_broker(BROKER_TIMEOUT)).await {
+        Ok(Ok(BrokerStatus::Reachable)) => Ok(()),
+        Ok(Ok(BrokerStatus::Unreachable(last))) => Err(ConsumerError::Kafka(last.unwrap_or(
+            KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut),
+        ))),
+        Ok(Err(refused)) => Err(ConsumerError::Config(refused)),
+        Err(_) => Err(ConsumerError::Kafka(KafkaError::Canceled)),
     }
 }
 

@@ -25,6 +25,14 @@ pub enum OutboxError {
 }
 
 impl OutboxError {
+    /// The database error inside, if any.
+    pub fn sqlx(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Database(e) | Self::Migration { source: e, .. } => Some(e),
+            Self::InvalidMessage(_) | Self::Serialize(_) => None,
+        }
+    }
+
     /// Whether trying the same call again may succeed (connection trouble, serialization
     /// failures, deadlocks), as opposed to a message or schema that will never be accepted.
     pub fn is_retryable(&self) -> bool {
@@ -35,14 +43,31 @@ impl OutboxError {
     }
 }
 
-/// Classifies a sqlx error as transient (worth retrying) or not.
+/// Whether a sqlx error is a TLS failure that retrying cannot change: a server certificate
+/// that does not verify against `sslrootcert` (or the system roots), a host name the
+/// certificate does not name, no TLS on a server under `sslmode=require`. sqlx reports the
+/// certificate checks as an I/O error carrying rustls' error.
+pub fn is_tls_failure(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(e) => e
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
+    }
+}
+
+/// Classifies a sqlx error as transient (worth retrying) or not. TLS failures
+/// ([`is_tls_failure`]) are not.
 pub fn is_retryable_sqlx(error: &sqlx::Error) -> bool {
+    if is_tls_failure(error) {
+        return false;
+    }
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_) => true,
+        | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => {
             // 40001 serialization_failure, 40P01 deadlock_detected, 57P01 admin_shutdown,
             // 57P02 crash_shutdown, 57P03 cannot_connect_now, 08xxx connection exceptions,

@@ -34,6 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gregor_config::{BrokerStatus, ConfigError, KafkaSettings};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::Notify;
@@ -63,7 +64,10 @@ pub struct Relay {
 
 impl Relay {
     /// Creates the relay. Nothing connects yet: [`Relay::run`] connects, and keeps retrying
-    /// while PostgreSQL or the broker is unreachable.
+    /// while PostgreSQL or the broker is unreachable — but stops with
+    /// [`ConfigError::BrokerAuthentication`](gregor_config::ConfigError::BrokerAuthentication)
+    /// or [`ConfigError::BrokerTls`](gregor_config::ConfigError::BrokerTls) when the broker
+    /// refuses its credentials or TLS settings.
     pub fn new(config: RelayConfig) -> Result<Self, RelayError> {
         config.validate()?;
         let options: PgConnectOptions = config.database_url.expose().parse().map_err(|e| {
@@ -100,6 +104,11 @@ impl Relay {
 
     /// Runs until `cancel` fires, then finishes the batch in flight (bounded by the shutdown
     /// timeout), releases its leases and returns.
+    ///
+    /// Until the broker first answers, a check connects with the relay's own settings: if
+    /// the broker refuses the credentials or the TLS handshake, the relay stops as if
+    /// cancelled and returns that error (a configuration error: retrying cannot help). An
+    /// unreachable broker is waited for.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), RelayError> {
         self.run_with_http_addr(cancel, |_| {}).await
     }
@@ -111,6 +120,9 @@ impl Relay {
         on_listen: impl FnOnce(SocketAddr),
     ) -> Result<(), RelayError> {
         let background = CancellationToken::new();
+        // Cancelled by `cancel`, or by the broker check when the broker refuses us.
+        let stop = cancel.child_token();
+        let check = tokio::spawn(broker_check(self.config.kafka.clone(), stop.clone()));
         let mut tasks = Vec::new();
         if let Some(addr) = self.config.http_addr {
             let (local, handle) =
@@ -127,9 +139,17 @@ impl Relay {
             self.checks.clone(),
             background.clone(),
         )));
-        if !self.migrate_until_ready(&cancel).await {
-            background.cancel();
-            return Ok(());
+        match self.migrate_until_ready(&stop).await {
+            Startup::Ready => {}
+            Startup::Cancelled => {
+                background.cancel();
+                return refused(check).await;
+            }
+            Startup::Refused(error) => {
+                stop.cancel();
+                background.cancel();
+                return Err(error.into());
+            }
         }
         tracing::info!(relay = %self.id(), name = %self.config.name, "relay started");
         let wake = Arc::new(Notify::new());
@@ -154,7 +174,7 @@ impl Relay {
             metrics: self.metrics.clone(),
             wake,
         };
-        claim.run(&cancel).await;
+        claim.run(&stop).await;
 
         tracing::info!("relay stopping: releasing leases");
         self.publisher.flush(Duration::from_secs(1));
@@ -166,25 +186,47 @@ impl Relay {
             tracing::warn!(error = %e, "could not release leases at shutdown; they expire after the lease ttl");
         }
         self.pool.close().await;
-        tracing::info!("relay stopped");
-        Ok(())
+        let result = refused(check).await;
+        if result.is_ok() {
+            tracing::info!("relay stopped");
+        }
+        result
     }
 
-    /// Applies the outbox migrations, retrying while the database is unreachable. Returns
-    /// false when cancelled first.
-    async fn migrate_until_ready(&self, cancel: &CancellationToken) -> bool {
+    /// Applies the outbox migrations, retrying while the database is unreachable; a TLS
+    /// failure (certificate not trusted, wrong host name, no TLS under `sslmode=require`)
+    /// ends the start, since retrying cannot fix it.
+    async fn migrate_until_ready(&self, cancel: &CancellationToken) -> Startup {
         let mut backoff = Backoff::default();
         loop {
             match gregor_outbox::migrate(&self.pool).await {
-                Ok(()) => return true,
+                Ok(()) => return Startup::Ready,
+                Err(e) if e.sqlx().is_some_and(gregor_outbox::is_tls_failure) => {
+                    let reason = e.sqlx().map_or_else(|| e.to_string(), ToString::to_string);
+                    return Startup::Refused(ConfigError::invalid(
+                        "DATABASE_URL",
+                        format!(
+                            "TLS with PostgreSQL at {} failed: {reason} (check sslmode and \
+                             sslrootcert: the CA that signed the server's certificate)",
+                            self.config.database_url.redacted()
+                        ),
+                    ));
+                }
                 Err(e) => tracing::warn!(error = %e, "database not ready; retrying"),
             }
             backoff.wait(cancel).await;
             if cancel.is_cancelled() {
-                return false;
+                return Startup::Cancelled;
             }
         }
     }
+}
+
+/// How the start-up migration ended.
+enum Startup {
+    Ready,
+    Cancelled,
+    Refused(ConfigError),
 }
 
 /// librdkafka's own config error text includes the value, which may be a secret: keep only
@@ -199,6 +241,49 @@ fn kafka_config_error(config: &RelayConfig, error: rdkafka::error::KafkaError) -
             gregor_config::ConfigError::invalid(var, description).into()
         }
         other => RelayError::Kafka(other),
+    }
+}
+
+/// Checks the broker with the relay's settings until it answers once: a refusal
+/// (authentication, TLS) cancels `stop` and is returned; an unreachable broker is retried.
+async fn broker_check(kafka: KafkaSettings, stop: CancellationToken) -> Option<ConfigError> {
+    const WINDOW: Duration = Duration::from_secs(30);
+    let mut warned = false;
+    while !stop.is_cancelled() {
+        let (settings, token) = (kafka.clone(), stop.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            settings.check_broker_while(WINDOW, || !token.is_cancelled())
+        })
+        .await;
+        match checked {
+            Ok(Ok(BrokerStatus::Reachable)) => {
+                tracing::info!("the broker accepted the relay's connection");
+                return None;
+            }
+            Ok(Ok(_unreachable)) => {
+                if !warned && !stop.is_cancelled() {
+                    tracing::warn!(
+                        bootstrap = kafka.bootstrap_servers(),
+                        "the broker does not answer yet; waiting for it"
+                    );
+                    warned = true;
+                }
+            }
+            Ok(Err(refusal)) => {
+                stop.cancel();
+                return Some(refusal);
+            }
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// The broker check's refusal, if it found one.
+async fn refused(check: tokio::task::JoinHandle<Option<ConfigError>>) -> Result<(), RelayError> {
+    match check.await {
+        Ok(Some(refusal)) => Err(RelayError::Config(refusal)),
+        _ => Ok(()),
     }
 }
 

@@ -7,7 +7,7 @@ use rdkafka::message::{BorrowedHeaders, BorrowedMessage};
 use serde_json::json;
 
 use super::{read_to_end, show_key, timestamp};
-use crate::topics::kafka_settings;
+use crate::topics::{check_broker, kafka_settings};
 
 /// What inspect shows of one message (payloads are not kept).
 #[derive(Debug)]
@@ -116,6 +116,7 @@ impl Entry {
 
 pub(super) async fn run(topic: &str, limit: Option<usize>, json: bool) -> anyhow::Result<()> {
     let kafka = kafka_settings()?;
+    check_broker(&kafka).await?;
     let entries = read_to_end(&kafka, topic, Entry::from_message).await?;
     let now = Utc::now();
     if entries.is_empty() {

@@ -72,6 +72,7 @@ pub(super) async fn run(
     }
     let kafka = kafka_settings()?;
     check_producer_settings(&kafka)?;
+    topics::check_broker(&kafka).await?;
     let messages = read_to_end(&kafka, topic, |m| m.detach()).await?;
     if messages.is_empty() {
         println!("no messages in {topic}");
