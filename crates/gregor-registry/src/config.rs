@@ -2,6 +2,8 @@ use std::net::SocketAddr;
 
 use gregor_config::{ConfigError, DatabaseUrl, Env, Secret};
 
+use crate::tls::{CERT_VAR, KEY_VAR, TlsFiles};
+
 /// Registry settings. [`RegistryConfig::from_env`] reads them from the variables in the
 /// README's table.
 ///
@@ -17,6 +19,9 @@ pub struct RegistryConfig {
     /// `GREGOR_REGISTRY_USERNAME` and `GREGOR_REGISTRY_PASSWORD`: when set, every request
     /// must carry them as HTTP basic auth.
     pub auth: Option<BasicAuth>,
+    /// `GREGOR_REGISTRY_TLS_CERT` and `GREGOR_REGISTRY_TLS_KEY`: when set, the API is served
+    /// over HTTPS only.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Where the registry keeps its data.
@@ -49,6 +54,7 @@ impl Default for RegistryConfig {
             listen: DEFAULT_LISTEN,
             storage: Storage::Memory,
             auth: None,
+            tls: None,
         }
     }
 }
@@ -104,10 +110,30 @@ impl RegistryConfig {
                 ));
             }
         };
+        let tls = match (env.get(CERT_VAR), env.get(KEY_VAR)) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.trim().into(),
+                key: key.trim().into(),
+            }),
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    KEY_VAR,
+                    format!("must be set when {CERT_VAR} is (HTTPS needs both)"),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    CERT_VAR,
+                    format!("must be set when {KEY_VAR} is (HTTPS needs both)"),
+                ));
+            }
+        };
         let config = Self {
             listen,
             storage,
             auth,
+            tls,
         };
         config.validate()?;
         Ok(config)
@@ -200,6 +226,29 @@ mod tests {
             ),
             "GREGOR_REGISTRY_USERNAME"
         );
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let memory = Env::from_pairs([("GREGOR_REGISTRY_STORAGE", "memory")]);
+        assert_eq!(
+            err_var(&memory.clone().with(CERT_VAR, "/tls/cert.pem")),
+            KEY_VAR
+        );
+        assert_eq!(
+            err_var(&memory.clone().with(KEY_VAR, "/tls/key.pem")),
+            CERT_VAR
+        );
+        let config = RegistryConfig::from_env(
+            &memory
+                .with(CERT_VAR, "/tls/cert.pem")
+                .with(KEY_VAR, "/tls/key.pem"),
+        )
+        .unwrap();
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.cert.to_str(), Some("/tls/cert.pem"));
+        // Files that do not exist fail when loaded, naming the variable.
+        assert_eq!(tls.server_config().unwrap_err().var(), CERT_VAR);
     }
 
     #[test]

@@ -140,6 +140,9 @@ impl IntoResponse for ApiError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
+    /// The configuration cannot be used (a TLS certificate or key that does not load).
+    #[error(transparent)]
+    Config(#[from] gregor_config::ConfigError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -169,7 +172,7 @@ impl RegistryError {
     /// bad address will not).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Bind { .. } | Self::Serve(_) => false,
+            Self::Config(_) | Self::Bind { .. } | Self::Serve(_) => false,
             Self::Database { source: e, .. } | Self::Store(e) => e.is_retryable(),
         }
     }

@@ -16,7 +16,8 @@
 //!   (else the global level, else BACKWARD) and becomes version `max + 1`.
 //!
 //! Data lives in memory ([`Store::memory`]) or in PostgreSQL ([`Store::postgres`], tables
-//! `gregor_registry_*`, created at start). Registrations are serialized with an advisory
+//! `gregor_registry_*`, created at start). With [`RegistryConfig::tls`] it serves HTTPS
+//! (rustls), with [`RegistryConfig::auth`] every request needs basic auth. Registrations are serialized with an advisory
 //! lock, so several replicas can share one database.
 //!
 //! ```
@@ -61,11 +62,13 @@ mod error;
 mod registry;
 mod schema;
 mod store;
+mod tls;
 
 pub use api::{CONTENT_TYPE, router};
 pub use config::{BasicAuth, DEFAULT_LISTEN, RegistryConfig, Storage};
 pub use error::{ApiError, RegistryError};
 pub use store::{Store, StoreError};
+pub use tls::TlsFiles;
 
 /// Binds `config.listen` and serves until `cancel` fires.
 pub async fn run(config: RegistryConfig, cancel: CancellationToken) -> Result<(), RegistryError> {
@@ -80,13 +83,20 @@ pub async fn run(config: RegistryConfig, cancel: CancellationToken) -> Result<()
 }
 
 /// Opens the store `config` asks for (creating the PostgreSQL tables if missing) and serves
-/// the API on `listener` until `cancel` fires; in-flight requests finish first.
+/// the API on `listener` — over HTTPS when `config.tls` is set — until `cancel` fires;
+/// in-flight requests finish first.
 /// `config.listen` is not used: the listener is already bound.
 pub async fn serve(
     config: RegistryConfig,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), RegistryError> {
+    // Certificate problems are configuration errors: report them before opening the store.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(TlsFiles::server_config)
+        .transpose()?;
     let store = Store::open(&config.storage)
         .await
         .map_err(|source| match &config.storage {
@@ -98,10 +108,21 @@ pub async fn serve(
         })?;
     let app = router(store.clone(), config.auth);
     let addr = listener.local_addr().map_err(RegistryError::Serve)?;
-    tracing::info!("listening on {addr}");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await;
+    let served = match tls {
+        None => {
+            tracing::info!("listening on {addr}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(cancel.cancelled_owned())
+                .await
+        }
+        Some(tls) => {
+            tracing::info!("listening on {addr} (HTTPS)");
+            let listener = tls::TlsListener::new(listener, tls).map_err(RegistryError::Serve)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(cancel.cancelled_owned())
+                .await
+        }
+    };
     store.close().await;
     served.map_err(RegistryError::Serve)
 }

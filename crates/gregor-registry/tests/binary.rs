@@ -59,6 +59,23 @@ fn configuration_errors_exit_2_naming_the_variable() {
         ],
         "GREGOR_REGISTRY_LISTEN",
     );
+    fails_naming(
+        &[
+            ("GREGOR_REGISTRY_STORAGE", "memory"),
+            ("GREGOR_REGISTRY_TLS_CERT", "/nonexistent/cert.pem"),
+        ],
+        "GREGOR_REGISTRY_TLS_KEY",
+    );
+    // HTTPS with files that cannot be read: refused at start, before serving anything.
+    fails_naming(
+        &[
+            ("GREGOR_REGISTRY_STORAGE", "memory"),
+            ("GREGOR_REGISTRY_LISTEN", "127.0.0.1:0"),
+            ("GREGOR_REGISTRY_TLS_CERT", "/nonexistent/cert.pem"),
+            ("GREGOR_REGISTRY_TLS_KEY", "/nonexistent/key.pem"),
+        ],
+        "GREGOR_REGISTRY_TLS_CERT",
+    );
 }
 
 #[test]
