@@ -42,11 +42,43 @@ pub async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
     create_topic_on(&crate::kafka_bootstrap()?, topic, partitions).await
 }
 
+/// librdkafka properties of a client: `bootstrap.servers` plus, for a secured broker,
+/// `security.protocol`, `sasl.*`, `ssl.*`.
+pub type ClientProps = Vec<(String, String)>;
+
+/// [`ClientProps`] for a plaintext broker at `bootstrap`.
+pub fn plaintext(bootstrap: &str) -> ClientProps {
+    vec![("bootstrap.servers".to_owned(), bootstrap.to_owned())]
+}
+
+fn client_config(props: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (k, v) in props {
+        config.set(k, v);
+    }
+    config
+}
+
+fn bootstrap_of(props: &[(String, String)]) -> &str {
+    props
+        .iter()
+        .find(|(k, _)| k == "bootstrap.servers")
+        .map_or("?", |(_, v)| v.as_str())
+}
+
 /// Creates `topic` on the broker at `bootstrap`.
 pub async fn create_topic_on(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    create_topic_with(&plaintext(bootstrap), topic, partitions).await
+}
+
+/// Creates `topic` with a client configured by `props` (a secured broker).
+pub async fn create_topic_with(
+    props: &[(String, String)],
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let bootstrap = bootstrap_of(props);
+    let admin: AdminClient<DefaultClientContext> = client_config(props).create()?;
     let results = admin
         .create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
@@ -80,19 +112,28 @@ pub async fn read_topic_on(
     expected: usize,
     timeout: Duration,
 ) -> anyhow::Result<Vec<Received>> {
-    let bootstrap = bootstrap.to_owned();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || read_blocking(&bootstrap, &topic, expected, timeout))
-        .await?
+    read_topic_with(&plaintext(bootstrap), topic, expected, timeout).await
 }
 
-fn read_blocking(
-    bootstrap: &str,
+/// [`read_topic`] with a client configured by `props` (a secured broker).
+pub async fn read_topic_with(
+    props: &[(String, String)],
     topic: &str,
     expected: usize,
     timeout: Duration,
 ) -> anyhow::Result<Vec<Received>> {
-    let consumer = assigned_consumer(bootstrap, topic, partition_count(bootstrap, topic)?)?;
+    let props = props.to_vec();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || read_blocking(&props, &topic, expected, timeout)).await?
+}
+
+fn read_blocking(
+    props: &[(String, String)],
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Received>> {
+    let consumer = assigned_consumer(props, topic, partition_count(props, topic)?)?;
     let deadline = Instant::now() + timeout;
     let mut out = Vec::with_capacity(expected);
     let mut seen: HashMap<(i32, i64), ()> = HashMap::new();
@@ -131,12 +172,20 @@ pub async fn read_to_end_on(
     topic: &str,
     timeout: Duration,
 ) -> anyhow::Result<Vec<Received>> {
+    read_to_end_with(&plaintext(bootstrap), topic, timeout).await
+}
+
+/// [`read_to_end`] with clients configured by `props` (a secured broker).
+pub async fn read_to_end_with(
+    props: &[(String, String)],
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Received>> {
     use rdkafka::message::OwnedHeaders;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
-    let partitions = partition_count(bootstrap, topic)?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let partitions = partition_count(props, topic)?;
+    let producer: FutureProducer = client_config(props)
         .set("enable.idempotence", "true")
         .create()?;
     let marker = crate::unique_name("marker");
@@ -155,10 +204,10 @@ pub async fn read_to_end_on(
             .await
             .map_err(|(e, _)| anyhow::anyhow!("cannot write the end marker to {topic}/{p}: {e}"))?;
     }
-    let bootstrap = bootstrap.to_owned();
+    let props = props.to_vec();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let consumer = assigned_consumer(&bootstrap, &topic, partitions)?;
+        let consumer = assigned_consumer(&props, &topic, partitions)?;
         let deadline = Instant::now() + timeout;
         let mut open: std::collections::HashSet<i32> = (0..partitions).collect();
         let mut out = Vec::new();
@@ -179,10 +228,9 @@ pub async fn read_to_end_on(
     .await?
 }
 
-fn partition_count(bootstrap: &str, topic: &str) -> anyhow::Result<i32> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+fn partition_count(props: &[(String, String)], topic: &str) -> anyhow::Result<i32> {
+    let bootstrap = bootstrap_of(props);
+    let consumer: BaseConsumer = client_config(props).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let n = metadata
         .topics()
@@ -197,12 +245,11 @@ fn partition_count(bootstrap: &str, topic: &str) -> anyhow::Result<i32> {
 }
 
 fn assigned_consumer(
-    bootstrap: &str,
+    props: &[(String, String)],
     topic: &str,
     partitions: i32,
 ) -> anyhow::Result<BaseConsumer> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = client_config(props)
         .set("group.id", crate::unique_name("reader"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")

@@ -16,6 +16,7 @@ pub mod otlp;
 pub mod process;
 mod registry;
 pub mod services;
+pub mod tls;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -23,7 +24,11 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 pub use registry::PrivateRegistry;
-pub use services::{PrivateBroker, PrivatePostgres, TestDb, database_url, kafka_bootstrap};
+pub use services::{
+    BrokerOptions, PostgresOptions, PrivateBroker, PrivatePostgres, SaslUser, ScramMechanism,
+    TestDb, database_url, kafka_bootstrap,
+};
+pub use tls::{ServerTls, TestCa, TlsFront};
 
 /// A name unique to this call: `<prefix>-<12 random chars>` (topic, group, database names).
 pub fn unique_name(prefix: &str) -> String {

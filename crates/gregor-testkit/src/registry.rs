@@ -31,7 +31,8 @@ impl PrivateRegistry {
         .await
     }
 
-    /// Starts a registry with extra environment variables (basic auth, …).
+    /// Starts a registry with extra environment variables (basic auth, HTTPS with
+    /// `GREGOR_REGISTRY_TLS_CERT`/`GREGOR_REGISTRY_TLS_KEY`, …).
     pub async fn start_with(env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut vars = vec![("GREGOR_REGISTRY_STORAGE".to_owned(), "memory".to_owned())];
         vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
@@ -48,9 +49,19 @@ impl PrivateRegistry {
         Ok(registry)
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://…` when started with a TLS certificate.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.url_on_host("127.0.0.1")
+    }
+
+    /// [`PrivateRegistry::url`] with another host name, e.g. `localhost`.
+    pub fn url_on_host(&self, host: &str) -> String {
+        let tls = self
+            .env
+            .iter()
+            .any(|(k, v)| k == "GREGOR_REGISTRY_TLS_CERT" && !v.is_empty());
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://{host}:{}", self.port)
     }
 
     /// Kills the registry (SIGKILL).

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use sqlx::{Connection, PgConnection, PgPool};
 
+use crate::tls::{ServerTls, TlsFront};
+
 /// `DATABASE_URL`, or a loud failure naming the command that sets it.
 pub fn database_url() -> anyhow::Result<String> {
     std::env::var("DATABASE_URL").ok().filter(|v| !v.is_empty()).context(
@@ -91,7 +93,7 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-fn scratch_dir(prefix: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn scratch_dir(prefix: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(crate::unique_name(prefix));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -107,30 +109,139 @@ pub(crate) async fn wait_port(port: u16, timeout: Duration, what: &str) -> anyho
     .await
 }
 
+/// A SASL/SCRAM mechanism nisshi stores credentials for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScramMechanism {
+    /// SCRAM-SHA-256.
+    Sha256,
+    /// SCRAM-SHA-512.
+    Sha512,
+}
+
+impl ScramMechanism {
+    /// The name librdkafka's `sasl.mechanisms` takes.
+    pub fn kafka_name(self) -> &'static str {
+        match self {
+            Self::Sha256 => "SCRAM-SHA-256",
+            Self::Sha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    fn nisshi_name(self) -> &'static str {
+        match self {
+            Self::Sha256 => "scram256",
+            Self::Sha512 => "scram512",
+        }
+    }
+}
+
+/// A SASL user created before the broker starts with authentication.
+#[derive(Debug, Clone)]
+pub struct SaslUser {
+    /// User name.
+    pub name: String,
+    /// Password.
+    pub password: String,
+    /// Mechanism its credential is stored for.
+    pub mechanism: ScramMechanism,
+}
+
+/// How [`PrivateBroker::start_with`] sets the broker up.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// Users created (with authentication still off) before the broker is restarted.
+    pub users: Vec<SaslUser>,
+    /// Start with `--authentication`: every client must authenticate with SASL.
+    pub authentication: bool,
+    /// Serve TLS with this certificate. nisshi 0.7.0-pre.2 cannot: `nisshi broker` refuses
+    /// `--cert` together with `--key` ("cannot be used with"), and its broker builds a TLS
+    /// acceptor it never uses. So a [`TlsFront`] terminates TLS on the advertised port and
+    /// forwards to the broker, as a load balancer would.
+    pub tls: Option<ServerTls>,
+}
+
 /// A nisshi broker of a test's own, on a free port, with durable sqlite storage so that it
-/// can be stopped and started again with its data.
+/// can be stopped and started again with its data (and its SASL users).
 #[derive(Debug)]
 pub struct PrivateBroker {
+    /// The port nisshi listens on.
     port: u16,
+    /// The port clients use (a TLS front's, or the broker's own).
+    advertised: u16,
     dir: PathBuf,
     child: Option<Child>,
+    authentication: bool,
+    front: Option<TlsFront>,
 }
 
 impl PrivateBroker {
     /// Starts the broker and waits until it accepts connections.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(BrokerOptions::default()).await
+    }
+
+    /// Starts a broker set up by `options`: creates its users first (with authentication
+    /// off), then restarts it with `--authentication` when asked, behind a TLS front when
+    /// asked.
+    pub async fn start_with(options: BrokerOptions) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let front = options
+            .tls
+            .as_ref()
+            .map(|tls| TlsFront::start(tls, port))
+            .transpose()?;
         let mut broker = Self {
-            port: free_port()?,
+            port,
+            advertised: front.as_ref().map_or(port, TlsFront::port),
             dir: scratch_dir("nisshi")?,
             child: None,
+            authentication: false,
+            front,
         };
+        if !options.users.is_empty() {
+            broker.resume().await?;
+            let url = format!("tcp://127.0.0.1:{}", broker.port);
+            for user in &options.users {
+                let output = Command::new("nisshi")
+                    .args(["user", "create", &user.name, &user.password])
+                    .args(["--broker", &url])
+                    .args(["--mechanism", user.mechanism.nisshi_name()])
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("cannot run `nisshi user create` (run ./scripts/services up)")?;
+                if !output.status.success() {
+                    bail!(
+                        "nisshi user create {} failed: {}",
+                        user.name,
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                }
+            }
+            broker.stop()?;
+        }
+        broker.authentication = options.authentication;
         broker.resume().await?;
         Ok(broker)
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `127.0.0.1:<port>` (the TLS front's port when there is one).
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised)
+    }
+
+    /// `localhost:<port>`: the same, by the host name the test certificate also names.
+    pub fn bootstrap_localhost(&self) -> String {
+        format!("localhost:{}", self.advertised)
+    }
+
+    /// The broker's own plaintext port (behind the TLS front, when there is one).
+    pub fn plaintext_port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether a TLS front serves [`PrivateBroker::bootstrap`].
+    pub fn has_tls(&self) -> bool {
+        self.front.is_some()
     }
 
     /// Stops the broker (SIGKILL: like a crash; sqlite keeps what was acknowledged).
@@ -170,6 +281,7 @@ impl PrivateBroker {
             bail!("broker already running");
         }
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -180,9 +292,10 @@ impl PrivateBroker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
                 "--silent",
             ])
+            .args(self.authentication.then_some("--authentication"))
             // nisshi resolves sqlite paths against its working directory.
             .args(["--storage-engine", "sqlite://nisshi.db"])
             .current_dir(&self.dir)
@@ -207,6 +320,16 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// How [`PrivatePostgres::start_with`] sets the server up.
+#[derive(Debug, Clone, Default)]
+pub struct PostgresOptions {
+    /// `ssl = on` with this certificate, and TCP connections without TLS refused
+    /// (`pg_hba.conf` has only `hostssl` lines).
+    pub tls: Option<ServerTls>,
+    /// A password for role `postgres`, then required on TCP connections (scram-sha-256).
+    pub password: Option<String>,
+}
+
 /// A PostgreSQL server of a test's own (initdb in a scratch directory, trust auth, a free
 /// port), so that a test can restart it.
 #[derive(Debug)]
@@ -214,11 +337,17 @@ pub struct PrivatePostgres {
     port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    password: Option<String>,
 }
 
 impl PrivatePostgres {
     /// Initialises and starts the server.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(PostgresOptions::default()).await
+    }
+
+    /// Initialises and starts a server set up by `options`.
+    pub async fn start_with(options: PostgresOptions) -> anyhow::Result<Self> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .context("no PostgreSQL server installed (run ./scripts/services up)")?
             .filter_map(Result::ok)
@@ -227,30 +356,84 @@ impl PrivatePostgres {
             .context("no PostgreSQL version under /usr/lib/postgresql")?;
         let dir = scratch_dir("pg")?;
         let data = dir.join("data");
+        let host_auth = if let Some(password) = &options.password {
+            std::fs::write(dir.join("pwfile"), password)?;
+            "scram-sha-256"
+        } else {
+            "trust"
+        };
         Command::new("chown")
             .args(["-R", "postgres:postgres"])
             .arg(&dir)
             .status()?;
-        let status = as_postgres(&bin.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .status()?;
+        let mut initdb = as_postgres(&bin.join("initdb"));
+        initdb.args(["-A", "trust", "-U", "postgres", "--no-sync"]);
+        if options.password.is_some() {
+            initdb
+                .args(["--auth-host", host_auth, "--pwfile"])
+                .arg(dir.join("pwfile"));
+        }
+        let status = initdb.arg("-D").arg(&data).stdout(Stdio::null()).status()?;
+        let _ = std::fs::remove_file(dir.join("pwfile"));
         if !status.success() {
             bail!("initdb failed");
+        }
+        if let Some(tls) = &options.tls {
+            std::fs::copy(&tls.cert, data.join("server.crt"))?;
+            std::fs::copy(&tls.key, data.join("server.key"))?;
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                format!(
+                    "local all all trust\n\
+                     hostssl all all 127.0.0.1/32 {host_auth}\n\
+                     hostssl all all ::1/128 {host_auth}\n"
+                ),
+            )?;
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))?;
+            std::io::Write::write_all(
+                &mut conf,
+                b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            )?;
+            // PostgreSQL refuses a key file others can read.
+            Command::new("chmod")
+                .arg("600")
+                .arg(data.join("server.key"))
+                .status()?;
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status()?;
         }
         let pg = Self {
             port: free_port()?,
             dir,
             bin,
+            password: options.password,
         };
         pg.resume().await?;
         Ok(pg)
     }
 
-    /// A URL to database `postgres` on this server.
+    /// A URL to database `postgres` on this server (with the password, when there is one).
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        self.url_on_host("127.0.0.1")
+    }
+
+    /// [`PrivatePostgres::url`] with another host name for the same server, e.g.
+    /// `localhost` (the name checked under `sslmode=verify-full`).
+    pub fn url_on_host(&self, host: &str) -> String {
+        let auth = self
+            .password
+            .as_ref()
+            .map_or_else(|| "postgres".to_owned(), |p| format!("postgres:{p}"));
+        format!("postgres://{auth}@{host}:{}/postgres", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Stops the server (fast shutdown: open connections are cut).
