@@ -2,9 +2,9 @@
 //! outbox rows with export off and then on (a separate process each time, exporting to an
 //! OTLP/HTTP receiver in this process), and the consumer runtime drains traced messages with
 //! its OpenTelemetry layer off and then on — each pair in one run, alternating, with the
-//! default sampler (parent-based, always on: every traced message is exported).
+//! default sampler (parent-based, always on: every sampled trace context is exported).
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::bail;
 use gregor_testkit::otlp::OtlpReceiver;
@@ -13,9 +13,10 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::json;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::dynamic_filter_fn;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{Layer, Registry, reload};
 
 use crate::Workload;
 use crate::consumer::{self, Mode};
@@ -40,10 +41,14 @@ pub(crate) struct Options {
     /// Skips the dedupe (database) consumer scenario.
     #[arg(long)]
     no_dedupe: bool,
+    /// Skips the relay scenario.
+    #[arg(long)]
+    no_relay: bool,
 }
 
-type OtelLayer = Box<dyn Layer<Registry> + Send + Sync>;
-type Switch = reload::Handle<Option<OtelLayer>, Registry>;
+/// Whether the OpenTelemetry layer sees spans (a per-layer filter, so the layer stays
+/// installed and reachable for `set_parent`; a reload layer would hide it).
+static EXPORT: AtomicBool = AtomicBool::new(false);
 
 pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
     let server = gregor_testkit::database_url()?;
@@ -53,7 +58,9 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
         "telemetry benchmark: {} traced events of {} bytes over {} keys, {} partitions, {} rounds",
         o.work.events, o.work.payload, o.work.keys, o.partitions, o.rounds
     );
-    relay_overhead(&o, &server, &bootstrap, &receiver).await?;
+    if !o.no_relay {
+        relay_overhead(&o, &server, &bootstrap, &receiver).await?;
+    }
     consumer_overhead(&o, &server, &bootstrap, &receiver).await
 }
 
@@ -127,7 +134,7 @@ async fn consumer_overhead(
     bootstrap: &str,
     receiver: &OtlpReceiver,
 ) -> anyhow::Result<()> {
-    let switch = install_switch()?;
+    let provider = install(receiver)?;
     let topic = unique_name("bench-telemetry-consumer");
     consumer::create_topics(bootstrap, &topic, o.partitions).await?;
     consumer::produce_with(
@@ -140,7 +147,7 @@ async fn consumer_overhead(
     )
     .await?;
     let db = consumer::BenchDb::create(server).await?;
-    let result = consumer_rounds(o, bootstrap, &topic, receiver, &switch, &db).await;
+    let result = consumer_rounds(o, bootstrap, &topic, receiver, &provider, &db).await;
     let dropped = db.drop().await;
     result?;
     dropped
@@ -151,17 +158,19 @@ async fn consumer_rounds(
     bootstrap: &str,
     topic: &str,
     receiver: &OtlpReceiver,
-    switch: &Switch,
+    provider: &SdkTracerProvider,
     db: &consumer::BenchDb,
 ) -> anyhow::Result<()> {
-    for (name, mode, url) in [
+    let scenarios = [
         ("consumer_json_otlp_on", Mode::Touch, None),
         (
             "consumer_dedupe_otlp_on",
             Mode::Insert { batch: 1 },
             Some(db.url.as_str()),
         ),
-    ] {
+    ];
+    let count = if o.no_dedupe { 1 } else { 2 };
+    for (name, mode, url) in scenarios.into_iter().take(count) {
         let (mut off, mut on) = (0.0f64, 0.0f64);
         let mut exported = 0;
         for round in 0..o.rounds {
@@ -169,16 +178,13 @@ async fn consumer_rounds(
                 sqlx::query("TRUNCATE bench_effects, gregor_inbox")
                     .execute(&db.pool)
                     .await?;
-                let provider = if export {
-                    Some(enable(switch, receiver)?)
-                } else {
-                    None
-                };
+                EXPORT.store(export, Ordering::Relaxed);
                 let before = receiver.span_count();
                 let config = consumer::config(bootstrap, url, 1, 8)?;
                 let timing = consumer::runtime_drain(config, topic, o.work.events, mode).await;
-                if let Some(provider) = provider {
-                    disable(switch, provider)?;
+                EXPORT.store(false, Ordering::Relaxed);
+                if let Err(e) = provider.force_flush() {
+                    bail!("trace export did not flush: {e}");
                 }
                 let rate = timing?.rate(o.work.events);
                 let spans = receiver.span_count() - before;
@@ -215,19 +221,9 @@ async fn consumer_rounds(
     Ok(())
 }
 
-/// A global subscriber whose OpenTelemetry layer can be switched on and off.
-fn install_switch() -> anyhow::Result<Switch> {
-    static SWITCH: OnceLock<Switch> = OnceLock::new();
-    if let Some(switch) = SWITCH.get() {
-        return Ok(switch.clone());
-    }
-    let (layer, handle) = reload::Layer::new(None::<OtelLayer>);
-    tracing_subscriber::registry().with(layer).try_init()?;
-    Ok(SWITCH.get_or_init(|| handle).clone())
-}
-
-/// The same exporter set-up as `gregor_telemetry::init` with an endpoint.
-fn enable(switch: &Switch, receiver: &OtlpReceiver) -> anyhow::Result<SdkTracerProvider> {
+/// The global subscriber: the same exporter set-up as `gregor_telemetry::init` with an
+/// endpoint, its layer filtered by [`EXPORT`].
+fn install(receiver: &OtlpReceiver) -> anyhow::Result<SdkTracerProvider> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(format!("{}/v1/traces", receiver.endpoint()))
@@ -240,15 +236,10 @@ fn enable(switch: &Switch, receiver: &OtlpReceiver) -> anyhow::Result<SdkTracerP
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_location(false)
-        .boxed();
-    switch.modify(|l| *l = Some(layer))?;
+        .with_filter(dynamic_filter_fn(|meta, _| {
+            // As `init()` with the default GREGOR_TRACE_FILTER=info.
+            EXPORT.load(Ordering::Relaxed) && *meta.level() <= tracing::Level::INFO
+        }));
+    tracing_subscriber::registry().with(layer).try_init()?;
     Ok(provider)
-}
-
-fn disable(switch: &Switch, provider: SdkTracerProvider) -> anyhow::Result<()> {
-    switch.modify(|l| *l = None)?;
-    if let Err(e) = provider.shutdown() {
-        bail!("trace export did not shut down: {e}");
-    }
-    Ok(())
 }
