@@ -15,22 +15,10 @@
 //!
 //! The same checks run on deliberately broken copies (mutated in memory), which must fail.
 
+use gregor_integration_tests::repo::{read, root};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use serde_norway::{Mapping, Value};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests package lives in the workspace")
-        .to_path_buf()
-}
-
-fn read(rel: &str) -> String {
-    let path = root().join(rel);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
 
 fn yaml(rel: &str) -> Value {
     serde_norway::from_str(&read(rel)).unwrap_or_else(|e| panic!("parsing {rel}: {e}"))

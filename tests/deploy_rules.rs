@@ -6,6 +6,7 @@
 //! Needs `promtool` (Debian's prometheus package, installed by `./scripts/services up`); a
 //! missing promtool fails the test, it never skips.
 
+use gregor_integration_tests::repo::{self, read, root};
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -37,24 +38,8 @@ const HISTOGRAMS: &[&str] = &[
     "gregor_consumer_handle_seconds",
 ];
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests package lives in the workspace")
-        .to_path_buf()
-}
-
-fn read(rel: &str) -> String {
-    let path = root().join(rel);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
-/// A fresh scratch directory for one test.
 fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gregor-deploy-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
-    dir
+    repo::scratch("deploy", tag)
 }
 
 /// Runs `promtool <args>`; returns whether it succeeded and its stdout + stderr.

@@ -26,6 +26,7 @@
 //! `GREGOR_RECIPE_TARGET_DIR` when set (to keep a running benchmark's binaries untouched).
 //! Needs the services of `./scripts/services up` and root (apt-get, useradd), as CI has.
 
+use gregor_integration_tests::repo::{self, read, root};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -33,23 +34,8 @@ use std::time::Duration;
 
 use gregor_testkit::{TestDb, kafka_bootstrap, wait_until};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests package lives in the workspace")
-        .to_path_buf()
-}
-
-fn read(rel: &str) -> String {
-    let path = root().join(rel);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
 fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gregor-recipe-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
-    dir
+    repo::scratch("recipe", tag)
 }
 
 // ---- Dockerfile parsing ----------------------------------------------------------------------

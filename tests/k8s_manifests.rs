@@ -18,6 +18,7 @@
 //! `.services/tools/venv`, through the same script. A missing tool fails the test with that
 //! command.
 
+use gregor_integration_tests::repo::{self, read, root};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -52,23 +53,8 @@ const CRD_SCHEMAS: &[(&str, &str, &str)] = &[
 const INSTALL: &str = "run ./scripts/services up (it installs kubernetes-validate and \
     check-jsonschema from PyPI and unpacks Debian's kubernetes-client into .services/tools)";
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests package lives in the workspace")
-        .to_path_buf()
-}
-
-fn read(rel: &str) -> String {
-    let path = root().join(rel);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
 fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gregor-k8s-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
-    dir
+    repo::scratch("k8s", tag)
 }
 
 /// Runs a tool; returns success and stdout + stderr. A missing tool fails loudly.

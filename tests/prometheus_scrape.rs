@@ -5,6 +5,7 @@
 //!
 //! Needs `prometheus` (installed by `./scripts/services up`); missing, the test fails.
 
+use gregor_integration_tests::{env_plus, free_port};
 use std::io::ErrorKind;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,12 +16,6 @@ use gregor_testkit::{PrivateRegistry, TestDb, kafka, kafka_bootstrap, unique_nam
 
 const WAIT: Duration = Duration::from_secs(90);
 const ORDERS: u64 = 200;
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 /// A Prometheus server with its own config and storage, killed on drop.
 struct Prometheus {
@@ -121,19 +116,13 @@ async fn prometheus_sees_counters_and_lag_move_as_orders_flow() -> anyhow::Resul
         ("SCHEMA_REGISTRY_URL", registry_url.as_str()),
         ("GREGOR_ORDERS_TOPIC", topic.as_str()),
     ];
-    fn plus<'a>(
-        common: &[(&'a str, &'a str)],
-        extra: &[(&'a str, &'a str)],
-    ) -> Vec<(&'a str, &'a str)> {
-        common.iter().chain(extra).copied().collect()
-    }
     let relay = Proc::spawn(
         "gregor-relay",
-        &plus(&common, &[("GREGOR_RELAY_HTTP_ADDR", &relay_addr)]),
+        &env_plus(&common, &[("GREGOR_RELAY_HTTP_ADDR", &relay_addr)]),
     )?;
     let shipping = Proc::spawn(
         "shipping-service",
-        &plus(
+        &env_plus(
             &common,
             &[
                 ("GREGOR_CONSUMER_GROUP", group.as_str()),

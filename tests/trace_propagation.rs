@@ -3,6 +3,7 @@
 //! protobuf and checks trace ids, parent/child links and the messaging attributes — for a
 //! direct delivery and for one that takes a retry hop.
 
+use gregor_integration_tests::{env_plus, free_port};
 use std::time::Duration;
 
 use gregor_testkit::otlp::{OtlpReceiver, ReceivedSpan, kind};
@@ -12,12 +13,6 @@ use gregor_testkit::{PrivateRegistry, TestDb, kafka, kafka_bootstrap, unique_nam
 const WAIT: Duration = Duration::from_secs(60);
 /// Orders whose amount is a multiple of this fail their first attempt (shipping-service).
 const FLAKY_EVERY: i64 = 7;
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 fn by_id<'a>(spans: &'a [ReceivedSpan], id: &str) -> Option<&'a ReceivedSpan> {
     spans.iter().find(|s| s.span_id == id)
@@ -80,13 +75,7 @@ async fn one_trace_from_http_request_to_handler_including_a_retry_hop() -> anyho
         ("GREGOR_ORDERS_TOPIC", topic.as_str()),
         ("GREGOR_ORDERS_ADDR", addr.as_str()),
     ];
-    fn plus<'a>(
-        common: &[(&'a str, &'a str)],
-        extra: &[(&'a str, &'a str)],
-    ) -> Vec<(&'a str, &'a str)> {
-        common.iter().chain(extra).copied().collect()
-    }
-    let mut orders = Proc::spawn_args("order-service", &["serve"], &plus(&common, &[]))?;
+    let mut orders = Proc::spawn_args("order-service", &["serve"], &env_plus(&common, &[]))?;
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/orders");
     let place = |trace_id: &'static str, amount: i64| {
@@ -121,11 +110,11 @@ async fn one_trace_from_http_request_to_handler_including_a_retry_hop() -> anyho
 
     let relay = Proc::spawn(
         "gregor-relay",
-        &plus(&common, &[("GREGOR_RELAY_HTTP_ADDR", "off")]),
+        &env_plus(&common, &[("GREGOR_RELAY_HTTP_ADDR", "off")]),
     )?;
     let shipping = Proc::spawn(
         "shipping-service",
-        &plus(
+        &env_plus(
             &common,
             &[
                 ("GREGOR_CONSUMER_GROUP", group.as_str()),
