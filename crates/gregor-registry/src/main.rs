@@ -6,15 +6,11 @@ use std::process::ExitCode;
 
 use gregor_config::Env;
 use gregor_registry::RegistryConfig;
-use gregor_telemetry::{TelemetryConfig, TelemetryError};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let env = Env::from_process();
-    let telemetry = match TelemetryConfig::from_env("gregor-registry", &env)
-        .map_err(TelemetryError::from)
-        .and_then(|config| gregor_telemetry::init(&config))
-    {
+    let telemetry = match gregor_telemetry::init_from_env("gregor-registry", &env) {
         Ok(telemetry) => telemetry,
         Err(e) => return fail(&e),
     };

@@ -86,6 +86,15 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     Ok(Telemetry { provider })
 }
 
+/// What a binary's `main` does first: [`TelemetryConfig::from_env`] with its own name as the
+/// default `service.name`, then [`init`].
+pub fn init_from_env(
+    service_name: &str,
+    env: &gregor_config::Env,
+) -> Result<Telemetry, TelemetryError> {
+    init(&TelemetryConfig::from_env(service_name, env)?)
+}
+
 fn filter(var: &'static str, value: &str) -> Result<EnvFilter, TelemetryError> {
     EnvFilter::try_new(value).map_err(|e| TelemetryError::Filter {
         var,

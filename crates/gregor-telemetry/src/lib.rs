@@ -27,8 +27,7 @@
 //! # #[cfg(feature = "init")]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let env = gregor_config::Env::from_process();
-//! let config = gregor_telemetry::TelemetryConfig::from_env("my-service", &env)?;
-//! let _telemetry = gregor_telemetry::init(&config)?; // flushes spans when dropped
+//! let _telemetry = gregor_telemetry::init_from_env("my-service", &env)?; // flushes when dropped
 //! tracing::info!("started");
 //! # Ok(()) }
 //! # #[cfg(not(feature = "init"))]
@@ -50,6 +49,6 @@ mod signal;
 pub use config::{DEFAULT_LOG_FILTER, LogFormat, TelemetryConfig};
 pub use error::TelemetryError;
 #[cfg(feature = "init")]
-pub use init::{Telemetry, init};
+pub use init::{Telemetry, init, init_from_env};
 #[cfg(feature = "init")]
 pub use signal::cancel_on_signal;
