@@ -3,6 +3,7 @@ use std::fmt;
 
 use rdkafka::ClientConfig;
 
+use crate::redact::{is_credential_name, redact_url};
 use crate::{ConfigError, Env, Secret};
 
 /// The variable holding the broker list.
@@ -85,11 +86,12 @@ impl KafkaSettings {
     }
 
     /// The values of the secret properties (passwords, keys, tokens), for scrubbing texts
-    /// that librdkafka produced.
+    /// that librdkafka produced. The SASL user name is not scrubbed: `Debug` hides it, as
+    /// librdkafka does, but a refused login names the user on purpose (ADR 0009).
     pub(crate) fn secret_values(&self) -> impl Iterator<Item = (&str, &str)> {
         self.properties
             .iter()
-            .filter(|(k, _)| is_sensitive(k))
+            .filter(|(k, _)| is_sensitive(k) && k.as_str() != "sasl.username")
             .map(|(k, (_, v))| (k.as_str(), v.expose().as_str()))
     }
 
@@ -109,19 +111,10 @@ impl KafkaSettings {
 
 impl fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown: BTreeMap<&str, &str> = self
+        let shown: BTreeMap<&str, std::borrow::Cow<'_, str>> = self
             .properties
             .iter()
-            .map(|(k, (_, v))| {
-                (
-                    k.as_str(),
-                    if is_sensitive(k) {
-                        "<redacted>"
-                    } else {
-                        v.expose()
-                    },
-                )
-            })
+            .map(|(k, (_, v))| (k.as_str(), shown_value(k, v.expose())))
             .collect();
         f.debug_struct("KafkaSettings")
             .field("bootstrap_servers", &self.bootstrap_servers)
@@ -130,19 +123,46 @@ impl fmt::Debug for KafkaSettings {
     }
 }
 
-/// Whether a librdkafka property holds a secret.
+/// Every property librdkafka flags `_RK_SENSITIVE` (librdkafka 2.12.1, `src/rdkafka_conf.c`;
+/// librdkafka itself redacts these when it dumps its configuration).
+const LIBRDKAFKA_SENSITIVE: &[&str] = &[
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.ca.pem",
+    "ssl.keystore.password",
+    "sasl.username",
+    "sasl.password",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
+];
+
+/// Whether a librdkafka property holds a secret: librdkafka's own list, plus any name that
+/// looks like a credential (a property of a newer librdkafka, a Java client's name pasted
+/// in), except URLs (`sasl.oauthbearer.token.endpoint.url`), whose values are shown
+/// redacted instead.
 pub(crate) fn is_sensitive(property: &str) -> bool {
-    [
-        "password",
-        "secret",
-        "jaas",
-        "oauthbearer.config",
-        "key.pem",
-        "keystore",
-        "token",
-    ]
-    .iter()
-    .any(|needle| property.contains(needle))
+    LIBRDKAFKA_SENSITIVE.contains(&property)
+        || (!property.ends_with(".url")
+            && (is_credential_name(property)
+                || ["keystore", "key.pem", "private.key"]
+                    .iter()
+                    .any(|needle| property.contains(needle))))
+}
+
+/// How a property's value is shown in `Debug`: secrets not at all, URLs redacted.
+fn shown_value<'a>(property: &str, value: &'a str) -> std::borrow::Cow<'a, str> {
+    if is_sensitive(property) {
+        "<redacted>".into()
+    } else if value.contains("://") || value.contains('@') {
+        redact_url(value).into()
+    } else {
+        value.into()
+    }
 }
 
 fn property_name(var: &str) -> String {

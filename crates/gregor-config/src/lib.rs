@@ -26,6 +26,7 @@ mod env;
 mod error;
 mod kafka;
 mod probe;
+mod redact;
 mod secret;
 
 pub use env::Env;

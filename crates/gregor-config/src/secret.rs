@@ -1,6 +1,11 @@
 use std::fmt;
 
 use crate::ConfigError;
+use crate::redact::{is_credential_name, param_names, redact_url};
+
+/// Credential parameters the PostgreSQL driver (sqlx) understands; it ignores any other and
+/// logs its value at WARN, so a URL holding one is refused.
+const DRIVER_CREDENTIAL_PARAMS: &[&str] = &["password", "sslkey", "ssl-key"];
 
 /// A value that never shows in `Debug` or `Display` output.
 ///
@@ -58,6 +63,19 @@ impl DatabaseUrl {
                 "the URL names no host or database",
             ));
         }
+        if let Some(name) = param_names(raw)
+            .find(|name| is_credential_name(name) && !DRIVER_CREDENTIAL_PARAMS.contains(name))
+        {
+            return Err(ConfigError::invalid(
+                var,
+                format!(
+                    "the parameter {name:?} is not supported by the PostgreSQL driver, which \
+                     would ignore it and log its value; remove it (a password belongs in the \
+                     URL's user info, `password=` or PGPASSWORD, a password file in PGPASSFILE, \
+                     and an encrypted client key must be decrypted)"
+                ),
+            ));
+        }
         Ok(Self {
             redacted: redact_url(raw),
             url: Secret::new(raw.to_owned()),
@@ -69,7 +87,8 @@ impl DatabaseUrl {
         self.url.expose()
     }
 
-    /// The URL with any password replaced by `***`.
+    /// The URL with its password and every credential parameter replaced by `***`, however
+    /// the password is shaped (see the `redact` module).
     pub fn redacted(&self) -> &str {
         &self.redacted
     }
@@ -85,37 +104,6 @@ impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted)
     }
-}
-
-/// Masks `user:password@` and any `password=` query parameter.
-fn redact_url(raw: &str) -> String {
-    let (scheme, rest) = raw.split_once("://").unwrap_or(("", raw));
-    let (authority_end, _) = rest
-        .char_indices()
-        .find(|&(_, c)| c == '/' || c == '?')
-        .unwrap_or((rest.len(), ' '));
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => kv.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", query.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
 }
 
 #[cfg(test)]
