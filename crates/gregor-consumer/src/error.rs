@@ -1,6 +1,8 @@
 use gregor_config::ConfigError;
 use rdkafka::error::KafkaError;
 
+use crate::ErrorKind;
+
 /// A boxed error from a handler or decoder.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -13,6 +15,13 @@ pub enum HandlerError {
     /// Will never succeed as is (the event breaks a business rule); dead-lettered at once.
     #[error("{0}")]
     Permanent(BoxError),
+    /// A dependency cannot be reached (the database is down): not the event's fault. The
+    /// message waits in place, its partition paused behind it, and is tried again until the
+    /// dependency answers; it is never forwarded to a retry tier or dead-lettered for this.
+    /// `From<sqlx::Error>` gives this for connection failures (see
+    /// [`is_database_unreachable`](crate::is_database_unreachable)).
+    #[error("{0}")]
+    Unavailable(BoxError),
 }
 
 impl HandlerError {
@@ -26,16 +35,38 @@ impl HandlerError {
         Self::Permanent(error.into())
     }
 
+    /// An outage of a dependency from anything printable.
+    pub fn unavailable(error: impl Into<BoxError>) -> Self {
+        Self::Unavailable(error.into())
+    }
+
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Retryable(_))
+        matches!(self, Self::Retryable(_) | Self::Unavailable(_))
+    }
+
+    /// The failure kind the runtime routes by: a retryable error caused by a database that
+    /// cannot be reached (also when the handler wrapped it in its own error) is an outage.
+    pub(crate) fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Retryable(e) if crate::outage::caused_by_unreachable_database(&**e) => {
+                ErrorKind::Unavailable
+            }
+            Self::Retryable(_) => ErrorKind::Retryable,
+            Self::Permanent(_) => ErrorKind::Permanent,
+            Self::Unavailable(_) => ErrorKind::Unavailable,
+        }
     }
 }
 
-/// Database errors inside a handler are retryable unless they are constraint violations of
+/// A database that cannot be reached is an outage ([`HandlerError::Unavailable`]); other
+/// database errors inside a handler are retryable unless they are constraint violations of
 /// the handler's own data, which no retry can fix.
 impl From<sqlx::Error> for HandlerError {
     fn from(e: sqlx::Error) -> Self {
+        if crate::outage::is_database_unreachable(&e) {
+            return Self::Unavailable(Box::new(e));
+        }
         if gregor_outbox::is_retryable_sqlx(&e) {
             return Self::Retryable(Box::new(e));
         }
@@ -112,5 +143,50 @@ impl ConsumerError {
             Self::Http(e) => e.is_retryable(),
             Self::Config(_) | Self::Metrics(_) | Self::NoRoutes | Self::DuplicateRoute(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    }
+
+    #[test]
+    fn an_unreachable_database_in_a_handler_is_an_outage() {
+        assert_eq!(HandlerError::from(refused()).kind(), ErrorKind::Unavailable);
+        assert_eq!(
+            HandlerError::from(sqlx::Error::PoolTimedOut).kind(),
+            ErrorKind::Unavailable
+        );
+        // Also when the handler called it retryable itself.
+        assert_eq!(
+            HandlerError::retryable(refused()).kind(),
+            ErrorKind::Unavailable
+        );
+        assert!(HandlerError::from(refused()).is_retryable());
+    }
+
+    #[test]
+    fn other_handler_errors_keep_their_kind() {
+        assert_eq!(
+            HandlerError::from(sqlx::Error::RowNotFound).kind(),
+            ErrorKind::Retryable
+        );
+        assert_eq!(
+            HandlerError::retryable("downstream is slow").kind(),
+            ErrorKind::Retryable
+        );
+        // The handler's explicit word wins.
+        assert_eq!(
+            HandlerError::permanent(sqlx::Error::PoolTimedOut).kind(),
+            ErrorKind::Permanent
+        );
+        assert_eq!(
+            HandlerError::unavailable("the payment service is down").kind(),
+            ErrorKind::Unavailable
+        );
     }
 }

@@ -50,7 +50,9 @@ mod forward;
 mod metrics;
 mod observe;
 mod offsets;
+mod outage;
 mod route;
+mod router;
 mod runtime;
 mod trace;
 mod worker;
@@ -75,6 +77,7 @@ pub use dedupe::{cleanup as cleanup_dedupe, migrate as migrate_dedupe};
 pub use error::{BoxError, ConsumerError, DecodeError, HandlerError};
 pub use event::{Context, Event, Tx};
 pub use metrics::{ConsumerMetrics, ConsumerStats};
+pub use outage::is_database_unreachable;
 pub use route::{DedupeKeyFn, ErrorKind, Handler, RouteOptions};
 
 use observe::Checks;

@@ -88,7 +88,9 @@ pub enum ErrorKind {
     Decode,
     /// The handler panicked (treated as retryable).
     Panic,
-    /// The decoder's dependency is down: retried in place, never counted or dead-lettered.
+    /// A dependency cannot be reached — the decoder's schema registry, or the database (the
+    /// dedupe transaction's or the handler's own SQL): the message waits in place, its
+    /// partition paused behind it, never counted, forwarded or dead-lettered for this.
     Unavailable,
 }
 
@@ -177,11 +179,7 @@ where
             match self.handler.call(ctx, event).await {
                 Ok(()) => Attempt::Ok,
                 Err(e) => Attempt::Failed {
-                    kind: if e.is_retryable() {
-                        ErrorKind::Retryable
-                    } else {
-                        ErrorKind::Permanent
-                    },
+                    kind: e.kind(),
                     message: e.to_string(),
                 },
             }

@@ -1,5 +1,6 @@
 //! The per-message pipeline: wait until a retry is due, decode and handle inside the dedupe
-//! transaction, back off in place, then forward to the next retry tier or the DLQ.
+//! transaction, then carry out the [`router`]'s decision: back off in place, wait out an
+//! outage, forward to the next retry tier or dead-letter.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +22,9 @@ use crate::dedupe;
 use crate::forward::{self, Failure};
 use crate::metrics::{ConsumerMetrics, outcome};
 use crate::offsets::{Offsets, PartKey};
+use crate::outage;
 use crate::route::{Attempt, ErrorKind, EventMeta, RouteEntry};
+use crate::router::{self, Decision, Tally};
 use crate::runtime::Taken;
 use crate::trace;
 
@@ -233,29 +236,43 @@ impl Worker {
     ) -> (Outcome, Option<ErrorKind>) {
         let started = Instant::now();
         let (base, kind) = base_topic(msg.topic());
+        let prior: u32 = h::get_str(msg.headers(), h::ATTEMPT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let Some(entry) = self
             .routes
             .get(base)
             .or_else(|| self.routes.get(msg.topic()))
         else {
-            // Only routed topics are subscribed; a stray one is dead-lettered, not dropped.
-            tracing::error!(topic = msg.topic(), "message from a topic without a route");
-            return (Outcome::Abandoned, None);
+            // Only routed topics are subscribed, so this is a bug or a misconfiguration: the
+            // message is dead-lettered as permanent (to its base topic's DLQ), not dropped, and
+            // its partition moves on.
+            tracing::error!(
+                topic = msg.topic(),
+                partition = msg.partition(),
+                offset = msg.offset(),
+                "message from a topic without a route; dead-lettered"
+            );
+            let message = format!(
+                "no route for topic {} in consumer group {}",
+                msg.topic(),
+                self.group
+            );
+            let failure = Failure {
+                kind: ErrorKind::Permanent,
+                message: &message,
+                attempts: prior,
+                not_before: None,
+            };
+            return self
+                .forward_failure(msg, base, None, failure, started, token)
+                .await;
         };
         let policy = &entry.policy;
-        let prior: u32 = h::get_str(msg.headers(), h::ATTEMPT)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let in_place = if kind == TopicKind::Main {
-            policy.in_place_attempts
-        } else {
-            1
-        };
-        let mut tries = 0;
-        let mut unavailable = 0;
-        let (kind_failed, message, attempts) = loop {
-            let attempt = prior + tries + 1;
-            match self.attempt(entry, msg, base, attempt).await {
+        let mut tally = Tally::default();
+        loop {
+            let attempt = prior + tally.failed + 1;
+            let (failed, message) = match self.attempt(entry, msg, base, attempt).await {
                 AttemptResult::Handled => {
                     self.count(base, outcome::HANDLED, started);
                     return (Outcome::Handled, None);
@@ -264,58 +281,67 @@ impl Worker {
                     self.count(base, outcome::DUPLICATE, started);
                     return (Outcome::Duplicate, None);
                 }
-                AttemptResult::Failed(kind, message) => {
-                    self.metrics
-                        .failures
-                        .with_label_values(&[base, kind.as_str()])
-                        .inc();
-                    tracing::warn!(topic = msg.topic(), partition = msg.partition(),
-                        offset = msg.offset(), attempt, kind = kind.as_str(), error = %message,
-                        "handling failed");
-                    match kind {
-                        ErrorKind::Unavailable => {
-                            // Not the message's fault: wait, never count it toward the DLQ.
-                            unavailable += 1;
-                            if !sleep(policy.backoff_after(unavailable), token).await {
-                                return (Outcome::Abandoned, None);
-                            }
-                            continue;
-                        }
-                        ErrorKind::Permanent | ErrorKind::Decode => break (kind, message, attempt),
-                        ErrorKind::Retryable | ErrorKind::Panic => {
-                            tries += 1;
-                            if tries >= in_place {
-                                break (kind, message, attempt);
-                            }
-                            if !sleep(policy.backoff_after(tries), token).await {
-                                return (Outcome::Abandoned, None);
-                            }
-                        }
-                    }
-                }
+                AttemptResult::Failed(failed, message) => (failed, message),
+            };
+            self.metrics
+                .failures
+                .with_label_values(&[base, failed.as_str()])
+                .inc();
+            tally.record(failed);
+            if failed != ErrorKind::Unavailable {
+                tracing::warn!(topic = msg.topic(), partition = msg.partition(),
+                    offset = msg.offset(), attempt, kind = failed.as_str(), error = %message,
+                    "handling failed");
+            } else if tally.outages % 30 == 1 {
+                // Not the message's fault; said once at the start and then now and then.
+                tracing::warn!(topic = msg.topic(), partition = msg.partition(),
+                    offset = msg.offset(), waits = tally.outages, error = %message,
+                    "a dependency cannot be reached; the partition waits");
             }
-        };
-        let retry_next = matches!(kind_failed, ErrorKind::Retryable | ErrorKind::Panic);
-        let tier_next = match kind {
-            TopicKind::Main => 1,
-            TopicKind::Retry(n) => n + 1,
-            TopicKind::DeadLetter => usize::MAX,
-        };
-        let (target, not_before, label) = match policy.tiers.get(tier_next.wrapping_sub(1)) {
-            Some(delay) if retry_next => (
-                retry_topic(base, tier_next),
-                chrono::Duration::from_std(*delay)
+            let retry = match router::decide(failed, tally, kind, policy) {
+                Decision::RetryInPlace(backoff) | Decision::WaitForOutage(backoff) => {
+                    if !sleep(backoff, token).await {
+                        return (Outcome::Abandoned, None);
+                    }
+                    continue;
+                }
+                Decision::Forward { tier, delay } => Some((tier, delay)),
+                Decision::DeadLetter => None,
+            };
+            let failure = Failure {
+                kind: failed,
+                message: &message,
+                attempts: attempt,
+                not_before: None,
+            };
+            return self
+                .forward_failure(msg, base, retry, failure, started, token)
+                .await;
+        }
+    }
+
+    /// Copies `msg` to retry tier `retry.0` due after `retry.1`, or without `retry` to the
+    /// dead-letter topic of `base`, and counts the outcome.
+    async fn forward_failure(
+        &self,
+        msg: &OwnedMessage,
+        base: &str,
+        retry: Option<(usize, std::time::Duration)>,
+        mut failure: Failure<'_>,
+        started: Instant,
+        token: &CancellationToken,
+    ) -> (Outcome, Option<ErrorKind>) {
+        let kind = failure.kind;
+        let (target, label);
+        (target, failure.not_before, label) = match retry {
+            Some((tier, delay)) => (
+                retry_topic(base, tier),
+                chrono::Duration::from_std(delay)
                     .ok()
                     .and_then(|d| Utc::now().checked_add_signed(d)),
                 outcome::RETRIED,
             ),
-            _ => (dlq_topic(base), None, outcome::DEAD_LETTERED),
-        };
-        let failure = Failure {
-            kind: kind_failed,
-            message: &message,
-            attempts,
-            not_before,
+            None => (dlq_topic(base), None, outcome::DEAD_LETTERED),
         };
         let (publish, trace_headers) = trace::forward_span(&target);
         let headers = forward::copy_headers(msg, &self.group, &failure, trace_headers.as_ref());
@@ -323,19 +349,17 @@ impl Worker {
             .instrument(publish)
             .await
         {
-            return (Outcome::Abandoned, Some(kind_failed));
+            return (Outcome::Abandoned, Some(kind));
         }
         self.count(base, label, started);
         if label == outcome::DEAD_LETTERED {
             self.metrics
                 .dead_lettered
-                .with_label_values(&[base, kind_failed.as_str()])
+                .with_label_values(&[base, kind.as_str()])
                 .inc();
-        }
-        if label == outcome::RETRIED {
-            (Outcome::Retried, Some(kind_failed))
+            (Outcome::DeadLettered, Some(kind))
         } else {
-            (Outcome::DeadLettered, Some(kind_failed))
+            (Outcome::Retried, Some(kind))
         }
     }
 
@@ -370,8 +394,14 @@ impl Worker {
             }
         };
         let key = dedupe::key_of(entry.dedupe_key.as_ref(), msg);
-        let db_failed =
-            |e: sqlx::Error| AttemptResult::Failed(ErrorKind::Retryable, format!("dedupe: {e}"));
+        // A database that cannot be reached is an outage to wait out, not the message's fault.
+        let db_failed = |e: sqlx::Error| {
+            if outage::is_database_unreachable(&e) {
+                AttemptResult::Failed(ErrorKind::Unavailable, format!("database unreachable: {e}"))
+            } else {
+                AttemptResult::Failed(ErrorKind::Retryable, format!("dedupe: {e}"))
+            }
+        };
         let mut tx = match pool.begin().await {
             Ok(tx) => tx,
             Err(e) => return db_failed(e),
