@@ -1,8 +1,11 @@
-//! Registry client settings, read from `SCHEMA_REGISTRY_*` variables.
+//! Registry client settings, read from `SCHEMA_REGISTRY_*` variables, and the decoding limits
+//! every deserializer built on the client starts from (`GREGOR_AVRO_MAX_*`).
 
 use std::time::Duration;
 
 use gregor_config::{ConfigError, Env, Secret};
+
+use crate::DecodeLimits;
 
 /// Where the registry is and how to talk to it.
 ///
@@ -35,6 +38,10 @@ pub struct RegistryConfig {
     /// First pause between attempts, doubled each time (`SCHEMA_REGISTRY_RETRY_BACKOFF_MS`,
     /// default 100).
     pub retry_backoff: Duration,
+    /// Bounds on decoding one message (`GREGOR_AVRO_MAX_ITEMS`, `GREGOR_AVRO_MAX_DECODED_BYTES`,
+    /// `GREGOR_AVRO_MAX_DEPTH`): every [`AvroDeserializer`](crate::AvroDeserializer) built on
+    /// a client with this configuration starts from them.
+    pub decode_limits: DecodeLimits,
 }
 
 /// The variable naming the registry.
@@ -50,6 +57,7 @@ impl Default for RegistryConfig {
             timeout: Duration::from_secs(5),
             retries: 2,
             retry_backoff: Duration::from_millis(100),
+            decode_limits: DecodeLimits::default(),
         }
     }
 }
@@ -63,7 +71,8 @@ impl RegistryConfig {
         }
     }
 
-    /// Reads `SCHEMA_REGISTRY_*`; `SCHEMA_REGISTRY_URL` is required.
+    /// Reads `SCHEMA_REGISTRY_*` (`SCHEMA_REGISTRY_URL` is required) and the decoding limits
+    /// `GREGOR_AVRO_MAX_*`.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let defaults = Self::default();
         let urls = env
@@ -83,6 +92,7 @@ impl RegistryConfig {
             retries: env.parse_or("SCHEMA_REGISTRY_RETRIES", defaults.retries)?,
             retry_backoff: env
                 .millis_or("SCHEMA_REGISTRY_RETRY_BACKOFF_MS", defaults.retry_backoff)?,
+            decode_limits: DecodeLimits::from_env(env)?,
         };
         config.validate()?;
         Ok(config)
@@ -125,7 +135,7 @@ impl RegistryConfig {
                 "must be greater than 0",
             ));
         }
-        Ok(())
+        self.decode_limits.validate()
     }
 }
 
@@ -162,5 +172,22 @@ mod tests {
         )]))
         .expect("valid");
         assert_eq!(config.urls, ["http://a:8081", "https://b:8081"]);
+    }
+
+    #[test]
+    fn decode_limits_come_with_the_client_settings() {
+        let env = Env::from_pairs([
+            (URL_VAR, "http://registry:8081"),
+            ("GREGOR_AVRO_MAX_ITEMS", "1234"),
+        ]);
+        let config = RegistryConfig::from_env(&env).expect("valid");
+        assert_eq!(config.decode_limits.max_items, 1234);
+        assert_eq!(
+            config.decode_limits.max_depth,
+            DecodeLimits::default().max_depth
+        );
+        let err =
+            RegistryConfig::from_env(&env.with("GREGOR_AVRO_MAX_DEPTH", "100000")).unwrap_err();
+        assert_eq!(err.var(), "GREGOR_AVRO_MAX_DEPTH");
     }
 }

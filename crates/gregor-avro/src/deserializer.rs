@@ -12,13 +12,15 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use serde::de::DeserializeOwned;
 
-use crate::{AvroError, RegistryClient, compat, wire};
+use crate::budget::Shape;
+use crate::{AvroError, DecodeLimits, RegistryClient, compat, stack, wire};
 
-/// Both schemas a cached reader borrows from.
+/// Both schemas a cached reader borrows from, and the writer's shape the budget walks.
 #[derive(Debug)]
 struct Schemas {
     writer: Arc<Schema>,
     reader: Option<Arc<Schema>>,
+    shape: Shape,
 }
 
 self_cell::self_cell!(
@@ -39,6 +41,12 @@ type Plan = Result<CachedReader, String>;
 /// cached), checks it can be read with the reader schema, and builds a resolving reader; every
 /// later message with that id decodes without touching the registry.
 ///
+/// Every body is checked against [`DecodeLimits`] before it is decoded — fields the reader
+/// drops included — so a message declaring millions of nested items is refused
+/// ([`AvroError::OverLimit`]) instead of decoded. The limits start from the client's
+/// [`RegistryConfig::decode_limits`](crate::RegistryConfig::decode_limits)
+/// (`GREGOR_AVRO_MAX_*`); [`AvroDeserializer::with_limits`] overrides them.
+///
 /// ```no_run
 /// use gregor_avro::{AvroDeserializer, RegistryClient, RegistryConfig};
 ///
@@ -57,6 +65,7 @@ pub struct AvroDeserializer<T> {
     reader: Option<Arc<Schema>>,
     first: OnceLock<(u32, Plan)>,
     plans: RwLock<PlanMap>,
+    limits: DecodeLimits,
     target: PhantomData<fn() -> T>,
 }
 
@@ -64,6 +73,7 @@ impl<T> std::fmt::Debug for AvroDeserializer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AvroDeserializer")
             .field("reader", &self.reader.as_ref().map(|s| s.canonical_form()))
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -84,12 +94,24 @@ impl<T> AvroDeserializer<T> {
 
     fn with_reader(client: RegistryClient, reader: Option<Schema>) -> Self {
         Self {
+            limits: client.config().decode_limits,
             client,
             reader: reader.map(Arc::new),
             first: OnceLock::new(),
             plans: RwLock::new(PlanMap::default()),
             target: PhantomData,
         }
+    }
+
+    /// Decodes under `limits` instead of the client's.
+    pub fn with_limits(mut self, limits: DecodeLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The bounds every message is checked against before it is decoded.
+    pub fn limits(&self) -> &DecodeLimits {
+        &self.limits
     }
 
     /// The reader schema, when one was given.
@@ -104,15 +126,14 @@ impl<T> AvroDeserializer<T> {
         if let Some((first, plan)) = self.first.get()
             && *first == id
         {
-            return read(id, plan, body);
+            return read(id, plan, body, &self.limits);
         }
         // Other writer schemas: decode under the map's read lock (no Arc traffic).
-        if let Some(result) = self
-            .plans
-            .read()
-            .ok()
-            .and_then(|plans| plans.get(&id).map(|plan| read(id, plan, body)))
-        {
+        if let Some(result) = self.plans.read().ok().and_then(|plans| {
+            plans
+                .get(&id)
+                .map(|plan| read(id, plan, body, &self.limits))
+        }) {
             return result;
         }
         let writer = self.client.schema_by_id(id).await?;
@@ -121,14 +142,14 @@ impl<T> AvroDeserializer<T> {
                 .first
                 .get_or_init(|| (id, self.build(Arc::clone(&writer))));
             if *first == id {
-                return read(id, plan, body);
+                return read(id, plan, body, &self.limits);
             }
         }
         let plan = Arc::new(self.build(writer));
         if let Ok(mut plans) = self.plans.write() {
             plans.insert(id, Arc::clone(&plan));
         }
-        read(id, &plan, body)
+        read(id, &plan, body, &self.limits)
     }
 
     fn build(&self, writer: Arc<Schema>) -> Plan {
@@ -137,21 +158,38 @@ impl<T> AvroDeserializer<T> {
         if let Some(reader) = &reader {
             compat::can_read(&writer, reader)?;
         }
-        CachedReader::try_new(Schemas { writer, reader }, |s| {
-            GenericDatumReader::builder(&s.writer)
-                .maybe_reader_schema(s.reader.as_deref())
-                .build()
-        })
+        let shape = Shape::compile(&writer)?;
+        CachedReader::try_new(
+            Schemas {
+                writer,
+                reader,
+                shape,
+            },
+            |s| {
+                GenericDatumReader::builder(&s.writer)
+                    .maybe_reader_schema(s.reader.as_deref())
+                    .build()
+            },
+        )
         .map_err(|e| crate::error_chain(&e))
     }
 }
 
 /// Decodes `body` with a cached plan: the value, or why the bytes are at fault.
-fn read(id: u32, plan: &Plan, body: &[u8]) -> Result<Value, AvroError> {
+fn read(id: u32, plan: &Plan, body: &[u8], limits: &DecodeLimits) -> Result<Value, AvroError> {
     let reader = plan.as_ref().map_err(|reason| AvroError::Incompatible {
         id,
         reason: reason.clone(),
     })?;
+    // Walk the lengths and counts first: apache-avro caps each array, not arrays nested in
+    // arrays, and decodes fields the reader drops.
+    let depth = reader.borrow_owner().shape.check(id, body, limits)?;
+    // Deep values decode (and resolve) on a stack sized for them.
+    stack::with_stack_for(depth, || decode_body(id, reader, body))?
+}
+
+/// Decodes a body the budget walk accepted.
+fn decode_body(id: u32, reader: &CachedReader, body: &[u8]) -> Result<Value, AvroError> {
     let mut input = Guarded {
         rest: body,
         short: false,

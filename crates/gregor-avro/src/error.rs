@@ -19,6 +19,15 @@ pub enum AvroError {
         /// What the decoder found.
         reason: String,
     },
+    /// The body would decode into more than [`DecodeLimits`](crate::DecodeLimits) allow
+    /// (items, decoded bytes or nesting depth); nothing was decoded.
+    #[error("Avro body with writer schema id {id} is over a decoding limit: {reason}")]
+    OverLimit {
+        /// The writer schema's id.
+        id: u32,
+        /// Which bound, its setting and where the body crossed it.
+        reason: String,
+    },
     /// Data written with this schema cannot be read with the reader schema.
     #[error("writer schema id {id} is incompatible with the reader schema: {reason}")]
     Incompatible {
@@ -39,6 +48,10 @@ pub enum AvroError {
         /// Why.
         reason: String,
     },
+    /// The process could not provide what decoding needed (a thread with a deep enough stack
+    /// for a deeply nested message): not the bytes' fault, retried.
+    #[error("decoding could not run: {0}")]
+    Resources(String),
     /// A schema is not valid Avro.
     #[error("invalid Avro schema: {0}")]
     InvalidSchema(String),
@@ -77,7 +90,7 @@ impl AvroError {
     /// the configuration.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Unreachable { .. } => true,
+            Self::Unreachable { .. } | Self::Resources(_) => true,
             Self::Registry { status, .. } => *status >= 500 || *status == 429 || *status == 408,
             _ => false,
         }
@@ -92,6 +105,7 @@ impl AvroError {
                 | Self::UnknownSchemaId { .. }
                 | Self::UnsupportedWriterSchema { .. }
                 | Self::Body { .. }
+                | Self::OverLimit { .. }
                 | Self::Incompatible { .. }
                 | Self::Mismatch(_)
         )

@@ -7,6 +7,9 @@
 //! * [`AvroDeserializer`] turns framed bytes into a serde value, resolving the writer schema
 //!   against the reader schema (added fields with defaults, removed fields, promotions).
 //!   Schemas and resolution plans are cached per schema id: the hot path makes no HTTP call.
+//!   Each body is first checked against [`DecodeLimits`] (items, decoded bytes, nesting depth)
+//!   by a walk over the writer schema and the bytes that allocates nothing, so a few hostile
+//!   bytes cannot make the decoder allocate or loop without bound.
 //! * [`RegistryClient`] speaks the Confluent Schema Registry API with timeouts, retries,
 //!   failover across URLs, basic auth and extra CA certificates ([`RegistryConfig`] reads
 //!   `SCHEMA_REGISTRY_*`).
@@ -36,12 +39,15 @@
 //! # Ok(()) }
 //! ```
 
+mod budget;
 mod client;
 pub mod compat;
 mod config;
 mod deserializer;
 mod error;
+mod limits;
 mod serializer;
+mod stack;
 mod subject;
 pub mod wire;
 
@@ -51,6 +57,9 @@ pub use compat::CompatibilityLevel;
 pub use config::{RegistryConfig, URL_VAR};
 pub use deserializer::AvroDeserializer;
 pub use error::AvroError;
+pub use limits::{
+    DEPTH_CEILING, DecodeLimits, MAX_DECODED_BYTES_VAR, MAX_DEPTH_VAR, MAX_ITEMS_VAR,
+};
 pub use serializer::{AVRO_CONTENT_TYPE, AvroSerializer, SerializerConfig};
 pub use subject::SubjectNameStrategy;
 
