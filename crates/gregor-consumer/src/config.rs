@@ -14,6 +14,9 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// Delay of each retry tier `<topic>.retry.<n>`, in order; empty = straight to the DLQ.
     pub tiers: Vec<Duration>,
+    /// How far a retry copy's `gregor-not-before` may lie beyond `now + the tier's delay`
+    /// (clock skew between consumers) before it is taken for forged and handled at once.
+    pub due_slack: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -27,6 +30,7 @@ impl Default for RetryPolicy {
                 Duration::from_secs(10),
                 Duration::from_secs(60),
             ],
+            due_slack: Duration::from_secs(10),
         }
     }
 }
@@ -49,7 +53,8 @@ pub struct ConsumerConfig {
     /// `DATABASE_URL`: where the dedupe inbox lives; without it handlers get no transaction.
     pub database_url: Option<DatabaseUrl>,
     /// `GREGOR_CONSUMER_IN_PLACE_ATTEMPTS`, `GREGOR_CONSUMER_BACKOFF_MS`,
-    /// `GREGOR_CONSUMER_MAX_BACKOFF_MS`, `GREGOR_CONSUMER_RETRY_TIERS` (`1s,10s,1m`; `none`).
+    /// `GREGOR_CONSUMER_MAX_BACKOFF_MS`, `GREGOR_CONSUMER_RETRY_TIERS` (`1s,10s,1m`; `none`),
+    /// `GREGOR_CONSUMER_RETRY_DUE_SLACK_MS`.
     pub retry: RetryPolicy,
     /// `GREGOR_CONSUMER_KEY_CONCURRENCY`: handlers running at once per partition, each key
     /// on one lane (1 = strict partition order).
@@ -115,6 +120,7 @@ impl ConsumerConfig {
             retry.tiers = parse_tiers(raw)
                 .map_err(|why| ConfigError::invalid("GREGOR_CONSUMER_RETRY_TIERS", why))?;
         }
+        retry.due_slack = env.millis_or("GREGOR_CONSUMER_RETRY_DUE_SLACK_MS", retry.due_slack)?;
         config.key_concurrency =
             env.parse_or("GREGOR_CONSUMER_KEY_CONCURRENCY", config.key_concurrency)?;
         config.queue_capacity =

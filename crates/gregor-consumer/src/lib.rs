@@ -51,6 +51,7 @@ mod metrics;
 mod observe;
 mod offsets;
 mod outage;
+mod retry_headers;
 mod route;
 mod router;
 mod runtime;

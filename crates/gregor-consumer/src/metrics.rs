@@ -16,6 +16,7 @@ pub struct ConsumerMetrics {
     pub(crate) paused_partitions: IntGauge,
     pub(crate) assigned_partitions: IntGauge,
     pub(crate) dlq_depth: IntGaugeVec,
+    pub(crate) suspect_headers: IntCounterVec,
 }
 
 /// Message totals since start, summed over topics.
@@ -109,6 +110,15 @@ impl ConsumerMetrics {
             ),
             &["topic"],
         )?;
+        let suspect_headers = IntCounterVec::new(
+            Opts::new(
+                "gregor_consumer_suspect_headers_total",
+                "Retry headers that no consumer could have written (a gregor-not-before beyond \
+                 the tier's delay plus slack), ignored; by main topic and header",
+            ),
+            &["topic", "header"],
+        )?;
+        registry.register(Box::new(suspect_headers.clone()))?;
         registry.register(Box::new(consumed.clone()))?;
         registry.register(Box::new(messages.clone()))?;
         registry.register(Box::new(failures.clone()))?;
@@ -131,6 +141,7 @@ impl ConsumerMetrics {
             paused_partitions,
             assigned_partitions,
             dlq_depth,
+            suspect_headers,
         })
     }
 

@@ -9,8 +9,12 @@ use rdkafka::message::OwnedMessage;
 use tracing::Span;
 use tracing::field::Empty;
 
+use crate::retry_headers;
 use crate::route::ErrorKind;
 use crate::worker::Outcome;
+
+/// The longest `tracestate` continued (W3C Trace Context: 512 characters).
+const MAX_TRACESTATE: usize = 512;
 
 /// The handling span of `msg`, with the OpenTelemetry messaging attributes.
 pub(crate) fn process_span(msg: &OwnedMessage, group: &str, main_topic: bool) -> Span {
@@ -27,13 +31,14 @@ pub(crate) fn process_span(msg: &OwnedMessage, group: &str, main_topic: bool) ->
         messaging.destination.partition.id = msg.partition(),
         messaging.kafka.offset = msg.offset(),
         messaging.consumer.group.name = group,
-        messaging.message.id = h::get_str(headers, h::CE_ID),
-        gregor.attempt = h::get_str(headers, h::ATTEMPT),
+        messaging.message.id = retry_headers::logged(headers, h::CE_ID),
+        gregor.attempt = retry_headers::logged(headers, h::ATTEMPT),
         gregor.outcome = Empty,
         error.type = Empty,
     );
     if let Some(parent) = h::get_str(headers, h::TRACEPARENT) {
-        let state = h::get_str(headers, h::TRACESTATE);
+        // W3C caps tracestate at 512 characters; a longer one is dropped, not carried on.
+        let state = h::get_str(headers, h::TRACESTATE).filter(|s| s.len() <= MAX_TRACESTATE);
         if main_topic && h::get_str(headers, h::REPLAYED_AT).is_some() {
             propagation::link_remote(&span, parent, state);
         } else {
