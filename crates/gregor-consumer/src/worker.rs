@@ -15,7 +15,7 @@ use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use gregor_wire::{TopicKind, base_topic, dlq_topic, headers as h, retry_topic};
+use gregor_wire::{TopicKind, base_topic, dlq_topic, retry_topic};
 
 use crate::Context;
 use crate::dedupe;
@@ -23,6 +23,7 @@ use crate::forward::{self, Failure};
 use crate::metrics::{ConsumerMetrics, outcome};
 use crate::offsets::{Offsets, PartKey};
 use crate::outage;
+use crate::retry_headers;
 use crate::route::{Attempt, ErrorKind, EventMeta, RouteEntry};
 use crate::router::{self, Decision, Tally};
 use crate::runtime::Taken;
@@ -187,12 +188,10 @@ impl Worker {
                 outcomes.push(Outcome::Duplicate);
                 continue;
             }
-            let prior: u32 = h::get_str(msg.headers(), h::ATTEMPT)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let prior = retry_headers::prior_attempts(msg.headers());
             let meta = EventMeta {
                 topic: base.to_owned(),
-                attempt: prior + 1,
+                attempt: retry_headers::attempt_number(prior, 0),
             };
             if let Attempt::Failed { message, .. } = entry.route.run(msg, meta, ctx.clone()).await {
                 if let Some(tx) = shared.lock().await.take() {
@@ -212,10 +211,11 @@ impl Worker {
 
     /// Handles one message inside its `process` span (see [`trace`]).
     async fn process(&self, msg: &OwnedMessage, token: &CancellationToken) -> Outcome {
-        let kind = base_topic(msg.topic()).1;
-        // A retry copy waits for its due time (it travels in a header) outside the span.
-        if let TopicKind::Retry(_) = kind
-            && let Some(due) = h::get_time(msg.headers(), h::NOT_BEFORE)
+        let (base, kind) = base_topic(msg.topic());
+        // A retry copy waits for its due time (it travels in a header, bounded by the tier's
+        // delay: see `retry_headers`) outside the span.
+        if let TopicKind::Retry(tier) = kind
+            && let Some(due) = self.retry_due(msg, base, tier)
             && !wait_until(due, token).await
         {
             return Outcome::Abandoned;
@@ -236,9 +236,7 @@ impl Worker {
     ) -> (Outcome, Option<ErrorKind>) {
         let started = Instant::now();
         let (base, kind) = base_topic(msg.topic());
-        let prior: u32 = h::get_str(msg.headers(), h::ATTEMPT)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let prior = retry_headers::prior_attempts(msg.headers());
         let Some(entry) = self
             .routes
             .get(base)
@@ -271,7 +269,7 @@ impl Worker {
         let policy = &entry.policy;
         let mut tally = Tally::default();
         loop {
-            let attempt = prior + tally.failed + 1;
+            let attempt = retry_headers::attempt_number(prior, tally.failed);
             let (failed, message) = match self.attempt(entry, msg, base, attempt).await {
                 AttemptResult::Handled => {
                     self.count(base, outcome::HANDLED, started);
