@@ -10,6 +10,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::{Offset, Timestamp, TopicPartitionList};
 
+use gregor_wire::headers as h;
+
 use super::*;
 
 fn bootstrap() -> String {
