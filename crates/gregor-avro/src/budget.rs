@@ -287,17 +287,17 @@ impl Stop {
         match self {
             Self::Items { at, more } => over(format!(
                 "it declares more than {max} values ({MAX_ITEMS_VAR}={max}): {more} more at \
-                 byte {at}",
+                 byte {at} of the body",
                 max = limits.max_items,
             )),
             Self::Bytes { at } => over(format!(
                 "it would decode into more than {max} bytes ({MAX_DECODED_BYTES_VAR}={max}) at \
-                 byte {at}",
+                 byte {at} of the body",
                 max = limits.max_decoded_bytes,
             )),
             Self::Depth { at } => over(format!(
                 "records, arrays and maps nest deeper than {max} ({MAX_DEPTH_VAR}={max}) at \
-                 byte {at}",
+                 byte {at} of the body",
                 max = limits.max_depth,
             )),
             Self::Truncated => body(format!(
@@ -405,9 +405,9 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// A block count: 0 ends the array or map; a negative count is followed by the block's
-    /// byte size (read and ignored, as apache-avro does).
-    fn block(&mut self) -> Result<usize, Stop> {
+    /// A block count and where it starts: 0 ends the array or map; a negative count is
+    /// followed by the block's byte size (read and ignored, as apache-avro does).
+    fn block(&mut self) -> Result<(usize, usize), Stop> {
         let at = self.pos;
         let count = self.long()?;
         if count < 0 {
@@ -417,16 +417,22 @@ impl Walk<'_> {
             .checked_abs()
             .and_then(|n| usize::try_from(n).ok())
             .ok_or(Stop::BlockCount { at, count })?;
-        Ok(n)
+        Ok((n, at))
     }
 
     /// Charges a block of `n` items of at least `least` bytes each whose slots cost `each`
     /// bytes, once it is clear the rest of the body can hold them.
-    fn charge_block(&mut self, n: usize, least: usize, each: usize) -> Result<(), Stop> {
+    /// A bound crossed is reported at the block's count, which starts at `at`.
+    fn charge_block(&mut self, at: usize, n: usize, least: usize, each: usize) -> Result<(), Stop> {
         if n.saturating_mul(least) > self.body.len() - self.pos {
             return Err(Stop::Truncated);
         }
         self.charge(n, n.saturating_mul(each))
+            .map_err(|stop| match stop {
+                Stop::Items { more, .. } => Stop::Items { at, more },
+                Stop::Bytes { .. } => Stop::Bytes { at },
+                other => other,
+            })
     }
 
     /// Walks one value of `node` whose slot the caller has charged.
@@ -490,11 +496,11 @@ impl Walk<'_> {
             Node::Array(items) => {
                 let depth = self.nest(depth)?;
                 loop {
-                    let n = self.block()?;
+                    let (n, at) = self.block()?;
                     if n == 0 {
                         return Ok(());
                     }
-                    self.charge_block(n, self.shape.min_bytes[*items], SLOT)?;
+                    self.charge_block(at, n, self.shape.min_bytes[*items], SLOT)?;
                     for _ in 0..n {
                         self.value(*items, depth)?;
                     }
@@ -503,13 +509,13 @@ impl Walk<'_> {
             Node::Map(values) => {
                 let depth = self.nest(depth)?;
                 loop {
-                    let n = self.block()?;
+                    let (n, at) = self.block()?;
                     if n == 0 {
                         return Ok(());
                     }
                     // Each entry: at least a key length, then its value.
                     let least = self.shape.min_bytes[*values].saturating_add(1);
-                    self.charge_block(n, least, ENTRY)?;
+                    self.charge_block(at, n, least, ENTRY)?;
                     for _ in 0..n {
                         self.length()?;
                         self.value(*values, depth)?;

@@ -164,6 +164,8 @@ async fn nested_arrays_over_the_item_bound_are_refused() {
     .await;
     let text = assert_over(result, took, "GREGOR_AVRO_MAX_ITEMS");
     assert!(text.contains("1000000"), "names the setting: {text}");
+    // id (1 byte), outer count (1), then blocks of 3 bytes + terminator: the third at byte 10.
+    assert!(text.contains("400000 more at byte 10 "), "points at the block: {text}");
 }
 
 #[tokio::test]
