@@ -20,6 +20,14 @@ pub(crate) struct ParsedSchema {
 impl ParsedSchema {
     /// Parses a schema sent by a client; errors are 42201.
     pub(crate) fn parse(text: &str) -> Result<Self, ApiError> {
+        // PostgreSQL cannot store a NUL in `text`; JSON allows none outside strings, and
+        // inside one it must be escaped (`\u0000`, which stays accepted).
+        if text.contains('\0') {
+            return Err(ApiError::InvalidSchema(
+                "the schema text holds a NUL character (escape it as \\u0000 inside a string)"
+                    .to_owned(),
+            ));
+        }
         // A parser bug must not take the connection down with it: a panic is a refusal.
         let schema = std::panic::catch_unwind(|| Schema::parse_str(text))
             .map_err(|_| ApiError::InvalidSchema("the Avro parser failed on this schema".into()))?

@@ -99,13 +99,21 @@ pub(crate) fn ok(body: &Value) -> Response {
     reply(StatusCode::OK, body)
 }
 
-/// Path parameters; a malformed one is a 400 in the registry's error format.
+/// Path parameters; a malformed one, or one holding a NUL, is a 400 in the registry's error
+/// format.
 pub(crate) struct ApiPath<T>(pub(crate) T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // PostgreSQL cannot store a NUL in `text` (the PostgreSQL store answered 500): refuse
+        // it in every path parameter (subjects, versions), for both stores alike.
+        if parts.uri.path().to_ascii_lowercase().contains("%00") {
+            return Err(ApiError::BadRequest(
+                "a path parameter holds a NUL character (%00)".to_owned(),
+            ));
+        }
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(value)| Self(value))
