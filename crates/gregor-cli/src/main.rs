@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod dlq;
+mod inbox;
 mod outbox;
 mod schema;
 mod topics;
@@ -11,7 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Operate gregor: the outbox, topics, dead-letter topics and the event catalog's schemas.
+/// Operate gregor: the outbox, topics, dead-letter topics, the consumers' dedupe inbox and the
+/// event catalog's schemas.
 ///
 /// Exit status: 0 on success, 1 when the operation failed, 2 on bad usage or configuration.
 #[derive(Debug, Parser)]
@@ -33,6 +35,9 @@ enum Command {
     /// Inspect and replay dead-letter topics (uses KAFKA_BOOTSTRAP_SERVERS and KAFKA_*).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// List and purge the consumers' dedupe inbox rows per consumer group (uses DATABASE_URL).
+    #[command(subcommand)]
+    Inbox(inbox::InboxCommand),
     /// Check and register the event catalog's Avro schemas (uses SCHEMA_REGISTRY_URL, and
     /// SCHEMA_REGISTRY_USERNAME/SCHEMA_REGISTRY_PASSWORD for basic auth).
     #[command(subcommand)]
@@ -76,6 +81,7 @@ fn main() -> ExitCode {
             Command::Outbox(cmd) => outbox::run(cmd).await,
             Command::Topics(cmd) => topics::run(cmd).await,
             Command::Dlq(cmd) => dlq::run(cmd).await,
+            Command::Inbox(cmd) => inbox::run(cmd).await,
             Command::Schema(cmd) => schema::run(cmd).await,
         }
     });

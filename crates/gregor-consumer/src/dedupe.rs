@@ -3,14 +3,24 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use gregor_wire::headers;
 
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1001, "inbox", include_str!("../migrations/1001_inbox.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1001, "inbox", include_str!("../migrations/1001_inbox.sql")),
+    (
+        1002,
+        "inbox by group and age",
+        include_str!("../migrations/1002_inbox_group_age.sql"),
+    ),
+];
+
+/// Rows deleted per statement by [`cleanup`].
+const CLEANUP_BATCH: i64 = 10_000;
 
 /// Creates or updates the inbox table (safe to run from many processes at once).
 pub async fn migrate(pool: &PgPool) -> Result<(), gregor_outbox::OutboxError> {
@@ -104,25 +114,34 @@ pub(crate) async fn mark_batch(
     Ok(new.into_iter().collect())
 }
 
-/// Deletes this group's dedupe rows older than `retention`, in bounded batches; returns how
-/// many went.
+/// Deletes this group's dedupe rows older than `retention`, oldest first in batches of
+/// 10 000; returns how many went. Each batch reads only this group's expired rows
+/// (the `(consumer_group, processed_at)` index), whatever other groups keep.
 pub async fn cleanup(pool: &PgPool, group: &str, retention: Duration) -> Result<u64, sqlx::Error> {
-    let seconds = retention.as_secs_f64();
+    // One cutoff for the whole pass, so that it ends even while new rows expire.
+    let cutoff = chrono::Duration::from_std(retention)
+        .ok()
+        .and_then(|r| Utc::now().checked_sub_signed(r));
+    let Some(cutoff) = cutoff.filter(|c| *c > DateTime::UNIX_EPOCH) else {
+        return Ok(0); // a retention reaching back before 1970: nothing is that old
+    };
     let mut total = 0;
     loop {
         let deleted = sqlx::query(
-            "DELETE FROM gregor_inbox WHERE ctid IN (
+            "DELETE FROM gregor_inbox WHERE ctid = ANY(ARRAY(
                  SELECT ctid FROM gregor_inbox
-                 WHERE consumer_group = $1 AND processed_at < now() - make_interval(secs => $2)
-                 LIMIT 10000)",
+                 WHERE consumer_group = $1 AND processed_at < $2
+                 ORDER BY processed_at
+                 LIMIT $3))",
         )
         .bind(group)
-        .bind(seconds)
+        .bind(cutoff)
+        .bind(CLEANUP_BATCH)
         .execute(pool)
         .await?
         .rows_affected();
         total += deleted;
-        if deleted < 10_000 {
+        if deleted < CLEANUP_BATCH.unsigned_abs() {
             return Ok(total);
         }
     }
