@@ -165,7 +165,10 @@ async fn nested_arrays_over_the_item_bound_are_refused() {
     let text = assert_over(result, took, "GREGOR_AVRO_MAX_ITEMS");
     assert!(text.contains("1000000"), "names the setting: {text}");
     // id (1 byte), outer count (1), then blocks of 3 bytes + terminator: the third at byte 10.
-    assert!(text.contains("400000 more at byte 10 "), "points at the block: {text}");
+    assert!(
+        text.contains("400000 more at byte 10 "),
+        "points at the block: {text}"
+    );
 }
 
 #[tokio::test]
@@ -509,4 +512,19 @@ async fn negative_blocks_decode_like_positive_ones() {
             Value::Array(vec![Value::Long(3)]),
         ])
     );
+}
+
+#[tokio::test]
+async fn a_huge_fixed_in_the_writer_schema_is_a_truncation_not_an_allocation() {
+    // A registrant's schema can declare any fixed size; apache-avro allocates it before
+    // reading (`vec![0; size]`), so 2^40 bytes would abort the process.
+    let schema = r#"{"type":"record","name":"Blob","fields":[
+      {"name":"blob","type":{"type":"fixed","name":"Huge","size":1099511627776}}]}"#;
+    let client = client();
+    client.insert_schema(9, Schema::parse_str(schema).expect("schema"));
+    let decoder = AvroDeserializer::<serde_json::Value>::writer_schema_only(client);
+    let (result, took) = decode(&decoder, 9, b"tiny").await;
+    let err = result.expect_err("refused");
+    assert!(err.to_string().contains("truncated"), "{err}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
 }
