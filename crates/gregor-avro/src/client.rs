@@ -1,8 +1,11 @@
 //! A Confluent Schema Registry client: timeouts, retries with backoff, failover across URLs,
-//! basic auth, extra CA certificates, and a schema cache so the hot path makes no HTTP call.
+//! basic auth, extra CA certificates, and a schema cache so the hot path makes no HTTP call —
+//! plus a short-lived cache of ids the registry does not know, so that messages carrying
+//! random ids cannot turn into one registry request each.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use apache_avro::Schema;
 use reqwest::{Method, StatusCode};
@@ -40,7 +43,14 @@ struct Inner {
     http: reqwest::Client,
     config: RegistryConfig,
     by_id: RwLock<HashMap<u32, Arc<Schema>>>,
+    /// Ids the registry answered "schema not found" for, and when that answer expires.
+    unknown: Mutex<HashMap<u32, Instant>>,
 }
+
+/// The most unknown ids remembered at once; beyond it expired entries are dropped, then
+/// new ones are not remembered until some expire (the memory stays bounded whatever ids
+/// arrive).
+const MAX_UNKNOWN_IDS: usize = 10_000;
 
 #[derive(Deserialize)]
 struct ErrorBody {
@@ -98,6 +108,7 @@ impl RegistryClient {
                 http,
                 config,
                 by_id: RwLock::new(HashMap::new()),
+                unknown: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -117,6 +128,9 @@ impl RegistryClient {
         if let Some(schema) = self.cached(id) {
             return Ok(schema);
         }
+        if self.known_unknown(id) {
+            return Err(AvroError::UnknownSchemaId { id });
+        }
         let body: SchemaBody = match self
             .call(Method::GET, &format!("/schemas/ids/{id}"), None)
             .await
@@ -128,6 +142,7 @@ impl RegistryClient {
                 error_code: SCHEMA_NOT_FOUND,
                 ..
             }) => {
+                self.remember_unknown(id);
                 return Err(AvroError::UnknownSchemaId { id });
             }
             other => other?,
@@ -158,10 +173,45 @@ impl RegistryClient {
         if let Ok(mut cache) = self.inner.by_id.write() {
             cache.insert(id, Arc::new(schema));
         }
+        if let Ok(mut unknown) = self.inner.unknown.lock() {
+            unknown.remove(&id);
+        }
     }
 
     fn cached(&self, id: u32) -> Option<Arc<Schema>> {
         self.inner.by_id.read().ok()?.get(&id).cloned()
+    }
+
+    /// Whether the registry said "not found" for `id` less than the TTL ago.
+    fn known_unknown(&self, id: u32) -> bool {
+        let Ok(mut unknown) = self.inner.unknown.lock() else {
+            return false;
+        };
+        match unknown.get(&id) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                unknown.remove(&id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_unknown(&self, id: u32) {
+        let ttl = self.inner.config.not_found_ttl;
+        if ttl.is_zero() {
+            return;
+        }
+        let Ok(mut unknown) = self.inner.unknown.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if unknown.len() >= MAX_UNKNOWN_IDS {
+            unknown.retain(|_, until| *until > now);
+        }
+        if unknown.len() < MAX_UNKNOWN_IDS {
+            unknown.insert(id, now + ttl);
+        }
     }
 
     /// Registers `schema` under `subject` (or finds it already there) and returns its id.
@@ -458,6 +508,110 @@ mod tests {
             "{err}"
         );
         assert!(!err.is_payload_fault(), "{err}");
+    }
+
+    /// A registry that answers every request with Confluent's "schema not found", counting
+    /// the requests.
+    async fn not_found_registry() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let body = br#"{"error_code":40403,"message":"Schema not found"}"#;
+                    let mut buf = [0u8; 2048];
+                    // One request per read is enough for these small GETs (keep-alive).
+                    while let Ok(n) = socket.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let head = format!(
+                            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if socket.write_all(head.as_bytes()).await.is_err()
+                            || socket.write_all(body).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://127.0.0.1:{port}"), requests)
+    }
+
+    /// Each message with a random unknown id must not cost a registry request: "not found"
+    /// is remembered for a short while.
+    #[tokio::test]
+    async fn unknown_schema_ids_are_cached_briefly() {
+        use std::sync::atomic::Ordering;
+        let (url, requests) = not_found_registry().await;
+        let client = RegistryClient::new(RegistryConfig::new(url)).expect("client");
+        for _ in 0..20 {
+            let err = client.schema_by_id(424_242).await.unwrap_err();
+            assert!(
+                matches!(err, AvroError::UnknownSchemaId { id: 424_242 }),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            1,
+            "one request for 20 lookups"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_not_found_cache_expires_and_can_be_turned_off() {
+        use std::sync::atomic::Ordering;
+        let (url, requests) = not_found_registry().await;
+        let mut config = RegistryConfig::new(url.clone());
+        config.not_found_ttl = std::time::Duration::from_millis(200);
+        let client = RegistryClient::new(config).expect("client");
+        assert!(client.schema_by_id(1).await.is_err());
+        assert!(client.schema_by_id(1).await.is_err());
+        assert!(client.schema_by_id(2).await.is_err());
+        assert_eq!(requests.load(Ordering::SeqCst), 2, "one per id");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        assert!(client.schema_by_id(1).await.is_err());
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            3,
+            "asked again after the TTL"
+        );
+
+        let (url, requests) = not_found_registry().await;
+        let mut config = RegistryConfig::new(url);
+        config.not_found_ttl = std::time::Duration::ZERO;
+        let client = RegistryClient::new(config).expect("client");
+        for _ in 0..3 {
+            assert!(client.schema_by_id(1).await.is_err());
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 3, "0 turns the cache off");
+    }
+
+    #[test]
+    fn the_not_found_cache_is_bounded() {
+        let client = RegistryClient::new(RegistryConfig::default()).expect("client");
+        for id in 0..u32::try_from(MAX_UNKNOWN_IDS * 2).unwrap_or(u32::MAX) {
+            client.remember_unknown(id);
+        }
+        let len = client.inner.unknown.lock().map(|u| u.len()).unwrap_or(0);
+        assert_eq!(len, MAX_UNKNOWN_IDS);
+        client.insert_schema(0, Schema::Null);
+        assert!(
+            !client.known_unknown(0),
+            "a seeded schema is no longer unknown"
+        );
     }
 
     #[tokio::test]

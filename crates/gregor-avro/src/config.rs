@@ -42,6 +42,10 @@ pub struct RegistryConfig {
     /// `GREGOR_AVRO_MAX_DEPTH`): every [`AvroDeserializer`](crate::AvroDeserializer) built on
     /// a client with this configuration starts from them.
     pub decode_limits: DecodeLimits,
+    /// How long a "schema not found" answer for an id is remembered, so that a flood of
+    /// messages with random unknown ids costs one registry request per id and period, not
+    /// one per message (`SCHEMA_REGISTRY_NOT_FOUND_TTL_MS`, default 5000; 0 = off).
+    pub not_found_ttl: Duration,
 }
 
 /// The variable naming the registry.
@@ -58,6 +62,7 @@ impl Default for RegistryConfig {
             retries: 2,
             retry_backoff: Duration::from_millis(100),
             decode_limits: DecodeLimits::default(),
+            not_found_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -93,6 +98,8 @@ impl RegistryConfig {
             retry_backoff: env
                 .millis_or("SCHEMA_REGISTRY_RETRY_BACKOFF_MS", defaults.retry_backoff)?,
             decode_limits: DecodeLimits::from_env(env)?,
+            not_found_ttl: env
+                .millis_or("SCHEMA_REGISTRY_NOT_FOUND_TTL_MS", defaults.not_found_ttl)?,
         };
         config.validate()?;
         Ok(config)
