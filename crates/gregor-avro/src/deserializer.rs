@@ -103,9 +103,13 @@ impl<T> AvroDeserializer<T> {
         }
     }
 
-    /// Decodes under `limits` instead of the client's.
+    /// Decodes under `limits` instead of the client's. A `max_depth` above
+    /// [`DEPTH_CEILING`](crate::DEPTH_CEILING) counts as the ceiling.
     pub fn with_limits(mut self, limits: DecodeLimits) -> Self {
-        self.limits = limits;
+        self.limits = DecodeLimits {
+            max_depth: limits.max_depth.min(crate::DEPTH_CEILING),
+            ..limits
+        };
         self
     }
 

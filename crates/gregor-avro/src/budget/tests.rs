@@ -208,6 +208,14 @@ async fn deep_nesting_over_the_depth_bound_is_refused() {
         .decode(&wire::frame(5, &linked(crate::DEPTH_CEILING)))
         .await;
     assert!(typed.is_ok(), "{typed:?}");
+    // A setting above the ceiling counts as the ceiling.
+    let beyond = writer_only(DecodeLimits {
+        max_depth: 100_000,
+        ..limits
+    });
+    assert_eq!(beyond.limits().max_depth, crate::DEPTH_CEILING);
+    let (result, took) = decode(&beyond, 5, &linked(crate::DEPTH_CEILING + 1)).await;
+    assert_over(result, took, "GREGOR_AVRO_MAX_DEPTH");
     // Far deeper than any stack would take: refused just as quickly.
     let (result, took) = decode(&decoder, 5, &linked(1_000_000)).await;
     assert_over(result, took, "GREGOR_AVRO_MAX_DEPTH");
