@@ -5,8 +5,14 @@ use crate::OutboxError;
 /// The embedded schema migrations, in order. Applied ones are recorded in
 /// `gregor_schema_migrations`, a table of our own, so a service's own sqlx migrations
 /// (`_sqlx_migrations`) are never disturbed.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "outbox", include_str!("../migrations/0001_outbox.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "outbox", include_str!("../migrations/0001_outbox.sql")),
+    (
+        2,
+        "held rows",
+        include_str!("../migrations/0002_held_rows.sql"),
+    ),
+];
 
 /// Advisory lock key serialising concurrent migrators (several relays starting at once).
 const LOCK_KEY: i64 = 0x6772_6567_6f72; // "gregor"
