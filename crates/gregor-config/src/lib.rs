@@ -7,6 +7,8 @@
 //!   sensitive ones; [`KafkaSettings::check_broker`] tells refused credentials and TLS
 //!   failures (stop, [`ConfigError::BrokerAuthentication`] / [`ConfigError::BrokerTls`]) from
 //!   an unreachable broker (wait).
+//! * [`RebuildableProducer`] replaces a producer stuck in librdkafka's fatal state (or one that
+//!   stopped reporting deliveries) between batches; the relay and the consumer share it.
 //! * [`Env`] reads variables from the process or from a map, so tests never touch the process
 //!   environment, and names the variable in every error.
 //!
@@ -26,6 +28,7 @@ mod env;
 mod error;
 mod kafka;
 mod probe;
+mod producer;
 mod redact;
 mod secret;
 
@@ -33,4 +36,5 @@ pub use env::Env;
 pub use error::ConfigError;
 pub use kafka::{BOOTSTRAP_VAR, KafkaSettings};
 pub use probe::BrokerStatus;
+pub use producer::RebuildableProducer;
 pub use secret::{DatabaseUrl, Secret};
