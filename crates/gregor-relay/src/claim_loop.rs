@@ -1,13 +1,18 @@
 //! The claim loop: claim rows of owned shards → publish in order → delete what was acked.
 //!
 //! Rows are claimed by shard ownership (see `lease`), never by a persistent id cursor. Within
-//! one scan pass, each batch starts after the last id of the previous one (a hint that keeps
-//! batches off dead index entries). A row can still become visible *below* that position when
-//! its transaction commits after a later one; every claim therefore also takes the rows of
-//! the transactions that were in progress when the previous batch was read, ordered by id with
-//! the rest, so a key's rows go out in commit order. A pass restarts from the oldest row every
-//! `pass_interval` and whenever the set of publishable shards changes, which retries failed
-//! rows and picks up shards gained mid-pass.
+//! one scan pass, each batch starts after the last id the previous claim examined (a hint that
+//! keeps batches off dead index entries). A row can still become visible *below* that position
+//! when its transaction commits after a later one; every claim therefore also takes the rows
+//! of the transactions that were in progress when the previous batch was read, ordered by id
+//! with the rest, so a key's rows go out in commit order (ADR 0001).
+//!
+//! Every row a pass leaves behind — failed, skipped behind a failed row of its key, dropped
+//! because its lease lapsed, published but not deleted — lowers the pass's `retry_from`. A
+//! pass restarts from there every `pass_interval` (at once after a lapsed lease), never from
+//! the head of the table unless its shards changed or an operator requeued parked rows (the
+//! requeue generation each claim reads in its own snapshot). Rows whose key has an earlier
+//! parked row are *held* (see `store::hold`), so they cost no claim after the first.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -34,18 +39,28 @@ pub(crate) struct ClaimLoop {
 }
 
 /// State of one scan pass.
+#[derive(Debug)]
 struct Pass {
     started: Instant,
     after_id: i64,
     /// Transactions in progress when the last batch was read: their rows may still appear
     /// below `after_id` and are claimed with the next batch, in id order.
     late: InProgress,
-    /// Keys with a failed row in this pass: their later rows wait for the next pass.
+    /// Keys with a failed or skipped row in this pass: their later rows wait for the restart.
     blocked: HashSet<Vec<u8>>,
     /// The shards this pass claims. Any change (gained, lost, lapsed, released) starts a new
     /// pass: rows skipped while a shard was out of the set must not be overtaken by later
     /// rows of the same key.
     shards: Vec<i16>,
+    /// The version of the leases this pass started under: any change starts a new pass.
+    lease_version: u64,
+    /// The requeue generation this pass started under (read by its first claim).
+    generation: Option<i64>,
+    /// The lowest id this pass left behind; the restart scans from just below it.
+    retry_from: Option<i64>,
+    /// Restart at the next iteration rather than after `pass_interval` (a lease lapsed with
+    /// rows in hand: their keys' later rows must not go first).
+    restart_now: bool,
 }
 
 /// A claim read ahead for the next iteration.
@@ -56,21 +71,74 @@ struct Prefetched {
 }
 
 impl Pass {
-    fn new(shards: Vec<i16>) -> Self {
+    /// A pass from the head of the table.
+    fn new(shards: Vec<i16>, lease_version: u64) -> Self {
         Self {
+            lease_version,
             started: Instant::now(),
             after_id: 0,
             late: InProgress::none(),
             blocked: HashSet::new(),
             shards,
+            generation: None,
+            retry_from: None,
+            restart_now: false,
         }
+    }
+
+    /// Remembers that row `id` stays in the outbox for this pass.
+    fn leave_behind(&mut self, id: i64) {
+        self.retry_from = Some(self.retry_from.map_or(id, |r| r.min(id)));
+    }
+
+    /// Starts the scan again just below the lowest row left behind. The late transactions
+    /// and the requeue generation carry over: everything below the new position was either
+    /// published or is a late row still tracked by `late`.
+    fn restart_from_retry(&mut self) {
+        if let Some(from) = self.retry_from.take() {
+            self.after_id = self.after_id.min(from - 1);
+        }
+        self.blocked.clear();
+        self.restart_now = false;
+        self.started = Instant::now();
+    }
+
+    /// Decides, before a claim, whether this pass goes on, restarts from its retry point, or
+    /// gives way to a new pass from the head (shards changed).
+    fn before_claim(&mut self, shards: &[i16], lease_version: u64, interval: Duration) {
+        if shards != self.shards.as_slice() || lease_version != self.lease_version {
+            *self = Self::new(shards.to_vec(), lease_version);
+        } else if self.restart_now || self.started.elapsed() >= interval {
+            self.restart_from_retry();
+        }
+    }
+
+    /// Accepts a claim's snapshot facts; `false` when the claim must be dropped and the pass
+    /// started again from the head (parked rows were requeued since the pass began).
+    fn accept(&mut self, claimed: &store::Claimed) -> bool {
+        if let (Some(seen), Some(now)) = (self.generation, claimed.generation)
+            && seen != now
+        {
+            *self = Self::new(std::mem::take(&mut self.shards), self.lease_version);
+            return false;
+        }
+        if self.generation.is_none() && self.after_id == 0 {
+            self.generation = claimed.generation;
+        }
+        if let Some(in_progress) = &claimed.in_progress {
+            self.late = in_progress.clone();
+        }
+        if let Some(last) = claimed.last_id {
+            self.after_id = self.after_id.max(last);
+        }
+        true
     }
 }
 
 impl ClaimLoop {
     /// Runs until `cancel`; the batch in flight then gets `shutdown_timeout` to finish.
     pub(crate) async fn run(&self, cancel: &CancellationToken) {
-        let mut pass = Pass::new(Vec::new());
+        let mut pass = Pass::new(Vec::new(), self.leases.version());
         let mut backoff = Backoff::default();
         let batch = i64::from(self.config.batch_size);
         // The next batch, read while the previous one was being published (a claim is a pure
@@ -82,11 +150,12 @@ impl ClaimLoop {
             if let Err(e) = self.leases.release(&self.pool, &releasing).await {
                 tracing::warn!(error = %e, "could not release shard leases; will retry");
             }
+            // Read the version first: a change after it shows up as a new version next time.
+            let lease_version = self.leases.version();
             let shards = self.leases.publishable();
-            if shards != pass.shards || pass.started.elapsed() >= self.config.pass_interval {
-                pass = Pass::new(shards.clone());
-            }
+            pass.before_claim(&shards, lease_version, self.config.pass_interval);
             if shards.is_empty() {
+                prefetched = None;
                 self.wait_for_work(cancel).await;
                 continue;
             }
@@ -94,13 +163,8 @@ impl ClaimLoop {
                 Some(p) if p.shards == shards && p.after_id == pass.after_id => p.claimed,
                 _ => store::claim(&self.pool, &shards, pass.after_id, &pass.late, batch).await,
             };
-            let mut rows = match claimed {
-                Ok(claimed) => {
-                    if let Some(in_progress) = claimed.in_progress {
-                        pass.late = in_progress;
-                    }
-                    claimed.rows
-                }
+            let claimed = match claimed {
+                Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming outbox rows failed; retrying");
                     backoff.wait(cancel).await;
@@ -108,21 +172,41 @@ impl ClaimLoop {
                 }
             };
             backoff.reset();
-            // A full batch means a backlog: read the next batch while publishing this one.
-            // Otherwise claim afresh after publishing, which keeps the latency low.
-            let read_ahead = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= batch;
-            let Some(last) = rows.last() else {
-                self.wait_for_work(cancel).await;
+            if !pass.accept(&claimed) {
+                tracing::info!(
+                    "parked rows were requeued: restarting the scan from the oldest row"
+                );
                 continue;
-            };
-            pass.after_id = last.id;
+            }
+            // A full scan means a backlog: read the next batch while publishing this one.
+            // Otherwise claim afresh after publishing, which keeps the latency low.
+            let scanned_full = claimed.rows.len() + claimed.blocked.len()
+                >= usize::try_from(batch).unwrap_or(usize::MAX);
+            let store::Claimed {
+                mut rows, blocked, ..
+            } = claimed;
+            self.hold(&mut pass, &blocked).await;
+            if rows.is_empty() {
+                if blocked.is_empty() {
+                    self.wait_for_work(cancel).await;
+                }
+                continue;
+            }
             // A lease may have lapsed during the claim: never publish past the deadline. The
-            // dropped rows' shard leaves the set, so the next iteration starts a new pass.
-            rows.retain(|row| self.leases.is_publishable(row.shard));
+            // dropped rows stay behind and the pass restarts at once (even if a renewal lands
+            // first), so no later row of their keys goes out before them.
+            rows.retain(|row| {
+                let keep = self.leases.is_publishable(row.shard);
+                if !keep {
+                    pass.leave_behind(row.id);
+                    pass.restart_now = true;
+                }
+                keep
+            });
             if rows.is_empty() {
                 continue;
             }
-            let published = if read_ahead {
+            let published = if scanned_full && !pass.restart_now {
                 let next = store::claim(&self.pool, &shards, pass.after_id, &pass.late, batch);
                 let (published, next) =
                     tokio::join!(self.publish(rows, &mut pass.blocked, cancel), next);
@@ -141,7 +225,31 @@ impl ClaimLoop {
                 );
                 return;
             };
-            self.settle(outcome, cancel).await;
+            self.settle(outcome, &mut pass, cancel).await;
+        }
+    }
+
+    /// Holds the rows queued behind parked rows; any it could not hold stay behind.
+    async fn hold(&self, pass: &mut Pass, blocked: &[(i64, i64)]) {
+        if blocked.is_empty() {
+            return;
+        }
+        match store::hold(&self.pool, blocked).await {
+            Ok(held) => {
+                let held: HashSet<i64> = held.into_iter().collect();
+                for (id, _) in blocked {
+                    if !held.contains(id) {
+                        pass.leave_behind(*id);
+                    }
+                }
+                tracing::debug!(held = held.len(), "rows held behind parked rows");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hold rows behind parked rows; retrying in the next pass");
+                for (id, _) in blocked {
+                    pass.leave_behind(*id);
+                }
+            }
         }
     }
 
@@ -152,17 +260,27 @@ impl ClaimLoop {
         cancel: &CancellationToken,
     ) -> Option<BatchOutcome> {
         let grace = self.config.shutdown_timeout;
+        let bound = self.config.delivery_bound();
+        let leases = &self.leases;
+        let may_hand_over = move |shard: i16| leases.may_hand_over(shard, bound);
         tokio::select! {
-            outcome = self.publisher.publish(rows, blocked) => Some(outcome),
+            outcome = self.publisher.publish(rows, blocked, &may_hand_over) => Some(outcome),
             () = async { cancel.cancelled().await; tokio::time::sleep(grace).await } => None,
         }
     }
 
     /// Deletes acknowledged rows and records failures, retrying through database outages.
-    async fn settle(&self, outcome: BatchOutcome, cancel: &CancellationToken) {
+    /// Whatever stays in the outbox lowers the pass's retry point.
+    async fn settle(&self, outcome: BatchOutcome, pass: &mut Pass, cancel: &CancellationToken) {
         let acked: Vec<i64> = outcome.acked.iter().map(|(id, _)| *id).collect();
         for (_, latency) in &outcome.acked {
             self.metrics.latency.observe(*latency);
+        }
+        for id in &outcome.skipped {
+            pass.leave_behind(*id);
+        }
+        for failure in &outcome.failed {
+            pass.leave_behind(failure.id);
         }
         let mut backoff = Backoff::default();
         let give_up = Instant::now() + self.config.lease_ttl;
@@ -178,6 +296,9 @@ impl ClaimLoop {
                             fenced,
                             "published rows not deleted: their shard lease was lost; the new owner republishes them"
                         );
+                        if let Some(first) = acked.iter().min() {
+                            pass.leave_behind(*first);
+                        }
                     }
                     break;
                 }
@@ -185,6 +306,9 @@ impl ClaimLoop {
                     // Past the lease ttl the delete would be fenced anyway.
                     if Instant::now() > give_up || cancel.is_cancelled() {
                         tracing::warn!(error = %e, rows = acked.len(), "giving up deleting published rows; they will be published again");
+                        if let Some(first) = acked.iter().min() {
+                            pass.leave_behind(*first);
+                        }
                         break;
                     }
                     tracing::warn!(error = %e, "deleting published rows failed; retrying");
@@ -206,7 +330,7 @@ impl ClaimLoop {
         let first = &outcome.failed[0];
         tracing::warn!(
             failed = outcome.failed.len(),
-            skipped = outcome.skipped,
+            skipped = outcome.skipped.len(),
             first_id = first.id,
             first_error = %first.error,
             "publish failures; their keys wait for the next pass"
@@ -263,5 +387,86 @@ impl Backoff {
             () = cancel.cancelled() => {}
             () = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claimed(ids: &[i64], generation: i64) -> store::Claimed {
+        store::Claimed {
+            last_id: ids.iter().max().copied(),
+            in_progress: Some(InProgress {
+                xids: Vec::new(),
+                xmax: 100,
+            }),
+            generation: Some(generation),
+            ..store::Claimed::default()
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_dropped_row_restarts_the_pass_below_it_even_with_unchanged_leases() {
+        let mut pass = Pass::new(vec![1, 2], 7);
+        assert!(pass.accept(&claimed(&[10, 11, 12], 0)));
+        // Row 11's lease lapsed during the claim and was dropped; a renewal then restored the
+        // same shards at the same lease version.
+        pass.leave_behind(11);
+        pass.restart_now = true;
+        pass.before_claim(&[1, 2], 7, LONG);
+        assert_eq!(
+            pass.after_id, 10,
+            "the next claim starts just below the dropped row"
+        );
+        assert!(!pass.restart_now);
+    }
+
+    #[test]
+    fn failed_rows_are_retried_after_the_interval_not_before() {
+        let mut pass = Pass::new(vec![1], 0);
+        assert!(pass.accept(&claimed(&[5, 6, 7], 0)));
+        pass.leave_behind(6);
+        pass.blocked.insert(b"k".to_vec());
+        pass.before_claim(&[1], 0, LONG);
+        assert_eq!(pass.after_id, 7, "the pass goes on");
+        pass.before_claim(&[1], 0, Duration::ZERO);
+        assert_eq!(pass.after_id, 5);
+        assert!(pass.blocked.is_empty(), "a restart clears the blocked keys");
+    }
+
+    #[test]
+    fn nothing_left_behind_means_no_rescan_from_the_head() {
+        let mut pass = Pass::new(vec![1], 0);
+        assert!(pass.accept(&claimed(&[5, 6, 7], 0)));
+        pass.before_claim(&[1], 0, Duration::ZERO);
+        assert_eq!(pass.after_id, 7);
+    }
+
+    #[test]
+    fn a_requeue_restarts_from_the_head_and_a_lease_change_too() {
+        let mut pass = Pass::new(vec![1], 0);
+        assert!(pass.accept(&claimed(&[5, 6, 7], 3)));
+        assert!(
+            !pass.accept(&claimed(&[9], 4)),
+            "a new generation drops the claim"
+        );
+        assert_eq!(pass.after_id, 0);
+        assert!(pass.accept(&claimed(&[2, 9], 4)));
+        assert_eq!(pass.generation, Some(4));
+        pass.before_claim(&[1], 1, LONG);
+        assert_eq!(pass.after_id, 0, "another lease version starts a new pass");
+    }
+
+    #[test]
+    fn late_rows_never_move_the_scan_position_back() {
+        let mut pass = Pass::new(vec![1], 0);
+        assert!(pass.accept(&claimed(&[50], 0)));
+        let mut late_only = claimed(&[], 0);
+        late_only.last_id = None;
+        assert!(pass.accept(&late_only));
+        assert_eq!(pass.after_id, 50);
     }
 }

@@ -17,8 +17,8 @@ pub struct RelayConfig {
     pub batch_size: u32,
     /// `GREGOR_RELAY_POLL_INTERVAL_MS`: fallback poll when no notification arrives.
     pub poll_interval: Duration,
-    /// `GREGOR_RELAY_PASS_INTERVAL_MS`: how often a scan restarts from the oldest row, picking
-    /// up rows whose transactions committed out of id order and rows waiting for a retry.
+    /// `GREGOR_RELAY_PASS_INTERVAL_MS`: how soon rows left behind (failed, or skipped behind a
+    /// failed row of their key) are retried: the scan then restarts from the oldest of them.
     pub pass_interval: Duration,
     /// `GREGOR_RELAY_LEASE_TTL_MS`: how long a shard lease lasts without renewal.
     pub lease_ttl: Duration,
@@ -160,6 +160,36 @@ impl RelayConfig {
                 ));
             }
         }
+        // The per-record fence (ADR 0002): a record may reach the broker until the producer
+        // gives up on it, so that time must fit well inside a lease.
+        let bound = self.delivery_bound_ms()?;
+        let limit = self.max_delivery_bound_ms();
+        for property in [
+            "message.timeout.ms",
+            "delivery.timeout.ms",
+            "request.timeout.ms",
+        ] {
+            if let Some(v) = self.kafka.property(property) {
+                let ms: u64 = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| refuse(property, "must be a whole number of milliseconds"))?;
+                if ms > limit || ms == 0 {
+                    return Err(refuse(
+                        property,
+                        &format!(
+                            "must be 1 to {limit} ms: 40% of GREGOR_RELAY_LEASE_TTL_MS, so that \
+                             a record handed to the producer is delivered or failed before the \
+                             shard's lease can pass to another relay (raise the lease ttl for a \
+                             longer delivery timeout)"
+                        ),
+                    ));
+                }
+            }
+        }
+        if bound > limit {
+            return Err(refuse("message.timeout.ms", "exceeds the lease bound"));
+        }
         if self.kafka.property("transactional.id").is_some() {
             return Err(refuse(
                 "transactional.id",
@@ -167,6 +197,40 @@ impl RelayConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl RelayConfig {
+    /// The longest a record handed to the producer can take to be acknowledged or failed
+    /// (`message.timeout.ms`, which the relay also uses as `request.timeout.ms`): 40 % of the
+    /// lease ttl unless `KAFKA_MESSAGE_TIMEOUT_MS` says less.
+    pub fn delivery_bound(&self) -> Duration {
+        Duration::from_millis(
+            self.delivery_bound_ms()
+                .unwrap_or_else(|_| self.max_delivery_bound_ms()),
+        )
+    }
+
+    fn max_delivery_bound_ms(&self) -> u64 {
+        u64::try_from(self.lease_ttl.as_millis() * 2 / 5).unwrap_or(u64::MAX)
+    }
+
+    fn delivery_bound_ms(&self) -> Result<u64, ConfigError> {
+        let explicit = ["message.timeout.ms", "delivery.timeout.ms"]
+            .into_iter()
+            .find_map(|p| self.kafka.property(p).map(|v| (p, v)));
+        match explicit {
+            Some((property, v)) => v.trim().parse().map_err(|_| {
+                ConfigError::invalid(
+                    self.kafka
+                        .source_of(property)
+                        .unwrap_or(property)
+                        .to_owned(),
+                    "must be a whole number of milliseconds",
+                )
+            }),
+            None => Ok(self.max_delivery_bound_ms()),
+        }
     }
 }
 

@@ -21,6 +21,9 @@ pub(crate) struct Checks {
     /// first lease round, down once no round succeeded for a lease ttl (its membership has
     /// then expired for the other replicas too).
     pub(crate) membership: Check,
+    /// `producer`: down while the producer is in librdkafka's fatal state (or stopped
+    /// reporting deliveries) and could not be rebuilt.
+    pub(crate) producer: Check,
 }
 
 impl Default for Checks {
@@ -29,11 +32,14 @@ impl Default for Checks {
         let database = readiness.check("database");
         let broker = readiness.check("broker");
         let membership = readiness.check("membership");
+        let producer = readiness.check("producer");
+        producer.set(true);
         Self {
             readiness,
             database,
             broker,
             membership,
+            producer,
         }
     }
 }

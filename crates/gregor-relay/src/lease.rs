@@ -2,22 +2,34 @@
 //!
 //! Every `ttl / 3` a relay heartbeats its membership, renews the leases it holds, takes free
 //! or expired leases up to its fair share (`ceil(SHARDS / live relays)`), and marks leases
-//! above that share for release. Fencing:
+//! above that share for release. Its first heartbeat takes free shards at once; a joining
+//! relay and a relay releasing shards `NOTIFY gregor_relay_leases`, which makes the others
+//! heartbeat at once, so shards move in milliseconds on a deploy, not at the next heartbeat.
+//! Fencing:
 //!
 //! * **publish**: a shard is publishable only until `renew sent + ttl - margin` on the local
-//!   monotonic clock, which is always earlier than the database's `expires_at`. A relay
-//!   paused past its lease finds the deadline gone when it wakes and publishes nothing.
+//!   monotonic clock, which is always earlier than the database's `expires_at`. A record is
+//!   handed to the producer only while that deadline is further away than the producer's
+//!   delivery bound (`message.timeout.ms` = `request.timeout.ms`, at most 40 % of the ttl), so
+//!   nothing handed over by an owner can be delivered after its lease ends. A relay paused past
+//!   its lease finds the deadline gone when it wakes and hands nothing over.
 //! * **delete**: deletes and failure records join `gregor_relay_leases` and only touch rows of
-//!   shards the relay still owns with an unexpired lease (see `store`).
+//!   shards the relay still owns with a lease unexpired at the moment the row is checked
+//!   (`clock_timestamp()`, not the statement's start: a statement that waited on a lock must
+//!   not act on a lease that expired meanwhile).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gregor_outbox::SHARDS;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
+
+/// The channel on which relays announce released shards and new members.
+pub(crate) const LEASES_CHANNEL: &str = "gregor_relay_leases";
 
 /// A lease this relay holds.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +49,11 @@ pub(crate) struct Leases {
     held: Mutex<BTreeMap<i16, Held>>,
     /// Signalled whenever the set of publishable shards changes.
     pub(crate) changed: Notify,
+    /// Bumped with every change of the leases held (acquired, lost, marked, released): a scan
+    /// pass that saw another version starts again from the head.
+    version: AtomicU64,
+    /// Signalled when another replica released shards or joined: heartbeat now.
+    pub(crate) nudge: Notify,
     /// Serialises lease statements so a renewal racing a release cannot resurrect a lease.
     ops: tokio::sync::Mutex<()>,
 }
@@ -48,6 +65,8 @@ impl Leases {
             ttl,
             held: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
+            version: AtomicU64::new(0),
+            nudge: Notify::new(),
             ops: tokio::sync::Mutex::new(()),
         }
     }
@@ -89,13 +108,29 @@ impl Leases {
             .is_some_and(|h| !h.releasing && h.deadline > Instant::now())
     }
 
+    /// Whether a record of `shard` handed to the producer now is certain to be delivered or
+    /// failed before the lease deadline, given that the producer gives up on a record after
+    /// `delivery_bound`: the per-record fence against a paused old owner.
+    pub(crate) fn may_hand_over(&self, shard: i16, delivery_bound: Duration) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .get(&shard)
+            .is_some_and(|h| !h.releasing && h.deadline > now + delivery_bound)
+    }
+
     /// Number of leases held (for metrics).
     pub(crate) fn count(&self) -> usize {
         self.lock().len()
     }
 
     fn bump(&self) {
+        self.version.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
+    }
+
+    /// The version of the leases held (see `version`).
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
     }
 
     /// Shards marked for release.
@@ -107,14 +142,15 @@ impl Leases {
             .collect()
     }
 
-    /// One heartbeat: membership, renewal, acquisition (unless `acquire` is false: a relay's
-    /// first heartbeat only announces it, so replicas started together see each other before
-    /// taking shards) and marking for release.
+    /// One heartbeat: membership, renewal, acquisition of free shards up to the fair share, and
+    /// marking what is above it for release. A relay's first heartbeat (`joining`) takes free
+    /// shards at once and wakes the other replicas, so they hand over their surplus now rather
+    /// than at their next heartbeat.
     pub(crate) async fn tick(
         &self,
         pool: &PgPool,
         name: &str,
-        acquire: bool,
+        joining: bool,
     ) -> Result<(), sqlx::Error> {
         let _serial = self.ops.lock().await;
         let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
@@ -126,6 +162,12 @@ impl Leases {
         .bind(name)
         .execute(pool)
         .await?;
+        if joining {
+            sqlx::query("SELECT pg_notify($1, 'joined')")
+                .bind(LEASES_CHANNEL)
+                .execute(pool)
+                .await?;
+        }
         let live: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM gregor_relay_members
               WHERE heartbeat_at > now() - make_interval(secs => $1::float8 / 1000)",
@@ -141,7 +183,7 @@ impl Leases {
         let renewed: Vec<(i16, i64)> = sqlx::query_as(
             "UPDATE gregor_relay_leases
                 SET expires_at = now() + make_interval(secs => $2::float8 / 1000)
-              WHERE owner = $1 AND expires_at > now()
+              WHERE owner = $1 AND expires_at > clock_timestamp()
             RETURNING shard, epoch",
         )
         .bind(self.relay_id)
@@ -151,12 +193,12 @@ impl Leases {
         self.apply_renewal(sent, &renewed);
 
         let held = renewed.len();
-        if acquire && held < fair_share {
+        if held < fair_share {
             let sent = Instant::now();
             let acquired: Vec<(i16, i64)> = sqlx::query_as(
                 "WITH free AS (
                      SELECT shard FROM gregor_relay_leases
-                      WHERE owner IS NULL OR expires_at <= now()
+                      WHERE owner IS NULL OR expires_at <= clock_timestamp()
                       ORDER BY random()
                       LIMIT $3
                         FOR UPDATE SKIP LOCKED)
@@ -251,12 +293,17 @@ impl Leases {
             return Ok(());
         }
         let _serial = self.ops.lock().await;
+        // The notification wakes the other replicas to take the shards now.
         sqlx::query(
-            "UPDATE gregor_relay_leases SET owner = NULL, expires_at = '-infinity'
-              WHERE owner = $1 AND shard = ANY($2)",
+            "WITH released AS (
+                 UPDATE gregor_relay_leases SET owner = NULL, expires_at = '-infinity'
+                  WHERE owner = $1 AND shard = ANY($2)
+                 RETURNING shard)
+             SELECT pg_notify($3, 'released') FROM (SELECT count(*) FROM released) AS r",
         )
         .bind(self.relay_id)
         .bind(shards)
+        .bind(LEASES_CHANNEL)
         .execute(pool)
         .await?;
         let mut map = self.lock();
@@ -269,14 +316,14 @@ impl Leases {
         Ok(())
     }
 
-    /// Releases everything and leaves the membership table (clean shutdown).
+    /// Leaves the membership table, then releases everything (clean shutdown): the replicas
+    /// woken by the release count one member less and take the shards at once.
     pub(crate) async fn leave(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        let all: Vec<i16> = self.lock().keys().copied().collect();
-        self.release(pool, &all).await?;
         sqlx::query("DELETE FROM gregor_relay_members WHERE relay_id = $1")
             .bind(self.relay_id)
             .execute(pool)
             .await?;
-        Ok(())
+        let all: Vec<i16> = self.lock().keys().copied().collect();
+        self.release(pool, &all).await
     }
 }

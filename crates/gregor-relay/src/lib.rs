@@ -78,10 +78,16 @@ impl Relay {
             .max_connections(config.db_pool_size)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options);
-        let publisher =
-            Arc::new(Publisher::new(&config.kafka).map_err(|e| kafka_config_error(&config, e))?);
         let metrics = RelayMetrics::new()
             .map_err(|e| gregor_config::ConfigError::invalid("metrics", e.to_string()))?;
+        let publisher = Arc::new(
+            Publisher::new(
+                &config.kafka,
+                config.delivery_bound(),
+                metrics.producer_rebuilds.clone(),
+            )
+            .map_err(|e| kafka_config_error(&config, e))?,
+        );
         Ok(Self {
             leases: Arc::new(Leases::new(Uuid::new_v4(), config.lease_ttl)),
             config,
@@ -163,6 +169,7 @@ impl Relay {
         tasks.push(tokio::spawn(listen_task(
             self.pool.clone(),
             wake.clone(),
+            self.leases.clone(),
             background.clone(),
         )));
 
@@ -287,7 +294,8 @@ async fn refused(check: tokio::task::JoinHandle<Option<ConfigError>>) -> Result<
     }
 }
 
-/// Renews and rebalances leases every ttl/3 (sooner after an error). `membership` is up
+/// Renews and rebalances leases every ttl/3, sooner after an error and at once when another
+/// replica released shards or joined. `membership` is up
 /// from the first round that registered this replica until no round succeeded for a ttl.
 async fn lease_task(
     pool: PgPool,
@@ -301,7 +309,7 @@ async fn lease_task(
     let mut joined = false;
     let mut last_round: Option<Instant> = None;
     while !cancel.is_cancelled() {
-        match leases.tick(&pool, &name, joined).await {
+        match leases.tick(&pool, &name, !joined).await {
             Ok(()) => {
                 joined = true;
                 last_round = Some(Instant::now());
@@ -310,6 +318,8 @@ async fn lease_task(
                 tokio::select! {
                     () = cancel.cancelled() => {}
                     () = tokio::time::sleep(every) => {}
+                    // Another replica released shards or joined: rebalance now.
+                    () = leases.nudge.notified() => {}
                 }
             }
             Err(e) => {
@@ -327,9 +337,15 @@ fn leases_interval(leases: &Leases) -> Duration {
     leases.ttl_for_renewal() / 3
 }
 
-/// Forwards `NOTIFY gregor_outbox` to the claim loop; reconnects after errors (the claim
-/// loop's poll covers anything missed meanwhile).
-async fn listen_task(pool: PgPool, wake: Arc<Notify>, cancel: CancellationToken) {
+/// Forwards `NOTIFY gregor_outbox` to the claim loop and `NOTIFY gregor_relay_leases` to the
+/// lease task; reconnects after errors (the claim loop's poll and the heartbeat cover anything
+/// missed meanwhile).
+async fn listen_task(
+    pool: PgPool,
+    wake: Arc<Notify>,
+    leases: Arc<Leases>,
+    cancel: CancellationToken,
+) {
     let mut backoff = Backoff::default();
     while !cancel.is_cancelled() {
         let mut listener = match PgListener::connect_with(&pool).await {
@@ -340,7 +356,10 @@ async fn listen_task(pool: PgPool, wake: Arc<Notify>, cancel: CancellationToken)
                 continue;
             }
         };
-        if let Err(e) = listener.listen(gregor_outbox::NOTIFY_CHANNEL).await {
+        if let Err(e) = listener
+            .listen_all([gregor_outbox::NOTIFY_CHANNEL, lease::LEASES_CHANNEL])
+            .await
+        {
             tracing::debug!(error = %e, "LISTEN failed; polling meanwhile");
             backoff.wait(&cancel).await;
             continue;
@@ -350,9 +369,13 @@ async fn listen_task(pool: PgPool, wake: Arc<Notify>, cancel: CancellationToken)
             tokio::select! {
                 () = cancel.cancelled() => return,
                 got = listener.try_recv() => match got {
+                    Ok(Some(n)) if n.channel() == lease::LEASES_CHANNEL => leases.nudge.notify_one(),
                     Ok(Some(_)) => wake.notify_one(),
                     // The connection was lost and will be re-established: wake to catch up.
-                    Ok(None) => wake.notify_one(),
+                    Ok(None) => {
+                        wake.notify_one();
+                        leases.nudge.notify_one();
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "LISTEN connection lost");
                         break;
@@ -363,7 +386,8 @@ async fn listen_task(pool: PgPool, wake: Arc<Notify>, cancel: CancellationToken)
     }
 }
 
-/// Refreshes backlog metrics and readiness every two seconds.
+/// Refreshes backlog metrics and readiness every two seconds, with index-bounded queries
+/// (see `store::status`).
 async fn status_task(
     pool: PgPool,
     publisher: Arc<Publisher>,
@@ -372,8 +396,9 @@ async fn status_task(
     checks: Checks,
     cancel: CancellationToken,
 ) {
+    let mut oldest_hint = 0;
     while !cancel.is_cancelled() {
-        match gregor_outbox::status(&pool).await {
+        match store::status(&pool, &mut oldest_hint).await {
             Ok(s) => {
                 metrics.backlog.set(s.backlog);
                 metrics.parked.set(s.parked);
@@ -387,6 +412,7 @@ async fn status_task(
             .set(i64::try_from(leases.count()).unwrap_or(0));
         let broker = publisher.broker_reachable(Duration::from_secs(2)).await;
         checks.broker.set(broker);
+        checks.producer.set(publisher.healthy());
         tokio::select! {
             () = cancel.cancelled() => {}
             () = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -16,6 +16,7 @@ pub struct RelayMetrics {
     pub(crate) oldest_age: Gauge,
     pub(crate) latency: Histogram,
     pub(crate) leases: IntGauge,
+    pub(crate) producer_rebuilds: IntCounter,
 }
 
 impl RelayMetrics {
@@ -66,7 +67,12 @@ impl RelayMetrics {
         registry.register(Box::new(parked.clone()))?;
         registry.register(Box::new(oldest_age.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        let producer_rebuilds = IntCounter::new(
+            "gregor_relay_producer_rebuilds_total",
+            "Producers replaced after a fatal librdkafka error or missing delivery reports",
+        )?;
         registry.register(Box::new(leases.clone()))?;
+        registry.register(Box::new(producer_rebuilds.clone()))?;
         Ok(Self {
             registry,
             published,
@@ -77,6 +83,7 @@ impl RelayMetrics {
             oldest_age,
             latency,
             leases,
+            producer_rebuilds,
         })
     }
 

@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use gregor_config::KafkaSettings;
+use gregor_config::RebuildableProducer;
 use gregor_telemetry::propagation::{self, TraceHeaders};
 use gregor_wire::headers as h;
+use prometheus::IntCounter;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::store::{FailedRow, OutboxRow};
 use crate::trace;
@@ -24,7 +27,6 @@ const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     // Java's default partitioner: a key lands on the same partition as from a JVM producer.
     ("partitioner", "murmur2_random"),
     ("linger.ms", "5"),
-    ("message.timeout.ms", "30000"),
     ("queue.buffering.max.messages", "200000"),
 ];
 
@@ -63,8 +65,9 @@ pub(crate) struct BatchOutcome {
     pub(crate) acked: Vec<(i64, f64)>,
     /// Rows that failed.
     pub(crate) failed: Vec<FailedRow>,
-    /// Rows not attempted because an earlier row of their key failed in this pass.
-    pub(crate) skipped: usize,
+    /// Rows not attempted: an earlier row of their key failed in this pass, or their shard's
+    /// lease would end before the producer could give up on them. They stay in the outbox.
+    pub(crate) skipped: Vec<i64>,
 }
 
 /// A record handed to librdkafka.
@@ -77,9 +80,15 @@ struct Pending {
     span: Option<tracing::Span>,
 }
 
-/// Wraps the idempotent producer.
+/// Wraps the idempotent producer, rebuilt when it is fatal or wedged.
 pub(crate) struct Publisher {
-    producer: FutureProducer,
+    producer: RebuildableProducer,
+    /// Deliveries not reported this long after the last hand-over mean a wedged producer
+    /// (librdkafka times a record out after the delivery bound; twice that plus a second).
+    wedged_after: Duration,
+    rebuilds: IntCounter,
+    /// Whether the last rebuild (if any) succeeded.
+    healthy: AtomicBool,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -89,17 +98,37 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub(crate) fn new(kafka: &KafkaSettings) -> Result<Self, KafkaError> {
-        let producer = kafka.client_config(PRODUCER_DEFAULTS).create()?;
-        Ok(Self { producer })
+    /// `delivery_bound`: the producer's `message.timeout.ms` and `request.timeout.ms` unless
+    /// set explicitly (validation keeps explicit values within the lease bound).
+    pub(crate) fn new(
+        kafka: &KafkaSettings,
+        delivery_bound: Duration,
+        rebuilds: IntCounter,
+    ) -> Result<Self, KafkaError> {
+        let bound = delivery_bound.as_millis().to_string();
+        let mut defaults = PRODUCER_DEFAULTS.to_vec();
+        defaults.push(("message.timeout.ms", bound.as_str()));
+        defaults.push(("request.timeout.ms", bound.as_str()));
+        let producer = RebuildableProducer::new(kafka.client_config(&defaults))?;
+        Ok(Self {
+            producer,
+            wedged_after: delivery_bound * 2 + Duration::from_secs(1),
+            rebuilds,
+            healthy: AtomicBool::new(true),
+        })
     }
 
     /// Checks that the broker answers a metadata request.
     pub(crate) async fn broker_reachable(&self, timeout: Duration) -> bool {
-        let producer = self.producer.clone();
+        let producer = self.producer.current();
         tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).is_ok())
             .await
             .unwrap_or(false)
+    }
+
+    /// False while the producer is fatal or wedged and could not be rebuilt.
+    pub(crate) fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
     /// Waits (up to `timeout`) for everything queued to reach the broker.
@@ -109,20 +138,60 @@ impl Publisher {
         }
     }
 
+    /// Replaces a producer in librdkafka's fatal state or one that stopped reporting
+    /// deliveries. Runs between batches: nothing this relay still waits for is in flight.
+    async fn recover(&self, wedged: bool) {
+        let fatal = self.producer.fatal_error();
+        if fatal.is_none() && !wedged {
+            return;
+        }
+        match &fatal {
+            Some((code, reason)) => {
+                tracing::error!(?code, %reason, "the producer hit a fatal error; rebuilding it");
+            }
+            None => tracing::error!(
+                after = ?self.wedged_after,
+                "the producer reported no delivery in time; rebuilding it"
+            ),
+        }
+        match self.producer.rebuild() {
+            Ok(old) => {
+                self.rebuilds.inc();
+                self.healthy.store(true, Ordering::Relaxed);
+                // Dropping a producer blocks while it winds down.
+                let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+            }
+            Err(e) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, "could not rebuild the producer; retrying after the next batch");
+            }
+        }
+    }
+
     /// Produces `rows` in order and waits for every acknowledgement.
     ///
     /// `blocked` holds keys with a failed row earlier in this scan pass: their later rows are
-    /// skipped (left in the outbox) so that the key's order survives the retry.
+    /// skipped (left in the outbox) so that the key's order survives the retry. `may_hand_over`
+    /// is asked before each record: a record is handed to the producer only while its shard's
+    /// lease outlasts the producer's delivery bound (checked again while waiting for queue
+    /// space), so no record of a lost shard can reach the broker after the lease ends.
     pub(crate) async fn publish(
         &self,
         rows: Vec<OutboxRow>,
         blocked: &mut HashSet<Vec<u8>>,
+        may_hand_over: &(dyn Fn(i16) -> bool + Sync),
     ) -> BatchOutcome {
+        let producer = self.producer.current();
         let mut outcome = BatchOutcome::default();
         let mut pending: Vec<Pending> = Vec::with_capacity(rows.len());
         for row in rows {
             if row.key.as_ref().is_some_and(|k| blocked.contains(k)) {
-                outcome.skipped += 1;
+                outcome.skipped.push(row.id);
+                continue;
+            }
+            if !may_hand_over(row.shard) {
+                block(blocked, &row.key);
+                outcome.skipped.push(row.id);
                 continue;
             }
             if let Err(e) = gregor_outbox::validate_topic(&row.topic) {
@@ -139,8 +208,16 @@ impl Publisher {
                 .as_deref()
                 .map(|parent| trace::publish_span(&row, parent));
             let context = span.as_ref().and_then(propagation::trace_headers);
-            match self.enqueue(&row, context.as_ref()).await {
-                Ok(delivery) => pending.push(Pending {
+            match enqueue(&producer, &row, context.as_ref(), || {
+                may_hand_over(row.shard)
+            })
+            .await
+            {
+                Ok(None) => {
+                    block(blocked, &row.key);
+                    outcome.skipped.push(row.id);
+                }
+                Ok(Some(delivery)) => pending.push(Pending {
                     id: row.id,
                     key: row.key,
                     created_at: row.created_at,
@@ -156,6 +233,8 @@ impl Publisher {
                 }
             }
         }
+        let give_up = tokio::time::Instant::now() + self.wedged_after;
+        let mut wedged = false;
         for Pending {
             id,
             key,
@@ -164,7 +243,22 @@ impl Publisher {
             span,
         } in pending
         {
-            match delivery.await {
+            let reported = if wedged {
+                None
+            } else {
+                tokio::time::timeout_at(give_up, delivery).await.ok()
+            };
+            let Some(reported) = reported else {
+                wedged = true;
+                block(blocked, &key);
+                outcome.failed.push(FailedRow {
+                    id,
+                    error: "no delivery report in time: the producer is rebuilt".into(),
+                    counts: false,
+                });
+                continue;
+            };
+            match reported {
                 Ok(Ok(delivered)) => {
                     if let Some(span) = &span {
                         trace::record_delivery(span, delivered.partition, delivered.offset);
@@ -189,35 +283,42 @@ impl Publisher {
                 }
             }
         }
+        drop(producer);
+        self.recover(wedged).await;
         outcome
     }
+}
 
-    /// Hands one record to librdkafka, waiting while its queue is full.
-    async fn enqueue(
-        &self,
-        row: &OutboxRow,
-        context: Option<&TraceHeaders>,
-    ) -> Result<DeliveryFuture, KafkaError> {
-        let headers = cloudevents_headers(row, context);
-        let mut record = FutureRecord::<[u8], [u8]>::to(&row.topic).headers(headers);
-        if let Some(key) = &row.key {
-            record = record.key(key.as_slice());
-        }
-        if let Some(payload) = &row.payload {
-            record = record.payload(payload.as_slice());
-        }
-        let mut backoff = Duration::from_millis(1);
-        loop {
-            match self.producer.send_result(record) {
-                Ok(future) => return Ok(future),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // librdkafka's queue drains as acknowledgements arrive.
-                    record = back;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(50));
+/// Hands one record to librdkafka, waiting while its queue is full as long as `fenced_ok`
+/// holds; `None` when it stopped holding before the record could be handed over.
+async fn enqueue(
+    producer: &FutureProducer,
+    row: &OutboxRow,
+    context: Option<&TraceHeaders>,
+    fenced_ok: impl Fn() -> bool,
+) -> Result<Option<DeliveryFuture>, KafkaError> {
+    let headers = cloudevents_headers(row, context);
+    let mut record = FutureRecord::<[u8], [u8]>::to(&row.topic).headers(headers);
+    if let Some(key) = &row.key {
+        record = record.key(key.as_slice());
+    }
+    if let Some(payload) = &row.payload {
+        record = record.payload(payload.as_slice());
+    }
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        match producer.send_result(record) {
+            Ok(future) => return Ok(Some(future)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                // librdkafka's queue drains as acknowledgements arrive.
+                record = back;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(50));
+                if !fenced_ok() {
+                    return Ok(None);
                 }
-                Err((e, _)) => return Err(e),
             }
+            Err((e, _)) => return Err(e),
         }
     }
 }
