@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod dlq;
+mod escape;
 mod inbox;
 mod outbox;
 mod schema;
@@ -88,7 +89,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gregor: {e:#}");
+            eprintln!("gregor: {}", escape::shown_lines(&format!("{e:#}")));
             ExitCode::from(exit_code(&e))
         }
     }

@@ -6,6 +6,8 @@ use gregor_config::{DatabaseUrl, Env};
 use gregor_outbox::{OutboxMessage, Requeue};
 use sqlx::PgPool;
 
+use crate::escape::shown;
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum OutboxCommand {
     /// Backlog, oldest unpublished age and parked rows.
@@ -94,7 +96,7 @@ pub(crate) async fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
                 let size = r
                     .payload_bytes
                     .map_or_else(|| "tombstone".to_owned(), |b| format!("{b} bytes"));
-                println!(
+                let line = format!(
                     "id={} event_id={} topic={} key={} payload={} attempts={} parked_at={} error={}",
                     r.id,
                     r.event_id,
@@ -105,6 +107,7 @@ pub(crate) async fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
                     r.parked_at.to_rfc3339(),
                     r.last_error.as_deref().unwrap_or("-")
                 );
+                println!("{}", shown(&line));
             }
         }
         OutboxCommand::Requeue { ids, all } => {

@@ -7,6 +7,7 @@ use rdkafka::message::{BorrowedHeaders, BorrowedMessage};
 use serde_json::json;
 
 use super::{read_to_end, show_key, timestamp};
+use crate::escape::{json_safe, shown};
 use crate::topics::{check_broker, kafka_settings};
 
 /// What inspect shows of one message (payloads are not kept).
@@ -69,7 +70,7 @@ impl Entry {
         let payload = self
             .payload_bytes
             .map_or_else(|| "tombstone".to_owned(), |n| format!("{n} bytes"));
-        format!(
+        let line = format!(
             "{}/{} key={} kind={} attempt={} original={} group={} ce_id={} age={} payload={} error={:?}",
             self.partition,
             self.offset,
@@ -82,7 +83,8 @@ impl Entry {
             self.age(now).map_or_else(|| "-".to_owned(), format_age),
             payload,
             self.error_message.as_deref().unwrap_or("-"),
-        )
+        );
+        shown(&line).into_owned()
     }
 
     fn json(&self, topic: &str, now: DateTime<Utc>) -> serde_json::Value {
@@ -128,7 +130,7 @@ pub(super) async fn run(topic: &str, limit: Option<usize>, json: bool) -> anyhow
     let shown = limit.unwrap_or(usize::MAX).min(entries.len());
     for entry in &entries[..shown] {
         if json {
-            println!("{}", entry.json(topic, now));
+            println!("{}", json_safe(&entry.json(topic, now).to_string()));
         } else {
             println!("{}", entry.text_line(now));
         }

@@ -14,6 +14,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use super::{read_to_end, show_key, timestamp};
 use crate::UsageError;
+use crate::escape::shown;
 use crate::topics::{self, kafka_settings};
 
 /// Producer settings; `KAFKA_*` variables may override them, except idempotence and acks.
@@ -86,17 +87,20 @@ pub(super) async fn run(
     let destinations = destination_list(&plan);
     if dry_run {
         for p in &plan {
-            println!("would replay {} -> {}", describe(&p.msg), p.to);
+            let line = format!("would replay {} -> {}", describe(&p.msg), p.to);
+            println!("{}", shown(&line));
         }
-        println!(
+        let line = format!(
             "dry run: would replay {} of {total} messages from {topic} to {destinations}",
             plan.len()
         );
+        println!("{}", shown(&line));
         return Ok(());
     }
 
     let replayed = publish(&kafka, &plan).await?;
-    println!("replayed {replayed} of {total} messages from {topic} to {destinations}");
+    let line = format!("replayed {replayed} of {total} messages from {topic} to {destinations}");
+    println!("{}", shown(&line));
     Ok(())
 }
 
@@ -257,13 +261,14 @@ async fn publish(kafka: &KafkaSettings, plan: &[Planned]) -> anyhow::Result<usiz
         match delivery.await {
             Ok(Ok(delivered)) => {
                 replayed += 1;
-                println!(
+                let line = format!(
                     "sent {} -> {} {}/{}",
                     describe(&p.msg),
                     p.to,
                     delivered.partition,
                     delivered.offset
                 );
+                println!("{}", shown(&line));
             }
             Ok(Err((e, _))) => failures.push(format!("{} -> {}: {e}", describe(&p.msg), p.to)),
             Err(_) => failures.push(format!(

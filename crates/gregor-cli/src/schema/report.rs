@@ -5,6 +5,7 @@ use gregor_avro::CompatibilityLevel;
 use serde_json::{Value, json};
 
 use super::catalog::Event;
+use crate::escape::{json_safe, shown};
 
 /// How a line ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,9 +93,11 @@ impl Out {
             Status::Warn => {}
         }
         if self.json {
-            println!("{}", json_line(status, event, &kind, detail));
+            let line = json_line(status, event, &kind, detail).to_string();
+            println!("{}", json_safe(&line));
         } else {
-            println!("{}", text_line(status, event, &kind, detail));
+            // The detail may quote the registry's answers: escaped like every other line.
+            println!("{}", shown(&text_line(status, event, &kind, detail)));
         }
     }
 
