@@ -28,6 +28,9 @@ const TIERS: usize = 2;
 enum Effects {
     /// In the runtime's dedupe transaction (`Context::transaction`).
     DedupeTransaction,
+    /// The same, with up to 10 waiting messages per dedupe transaction
+    /// (`RouteOptions::batch_size`).
+    DedupeBatches,
     /// With its own SQL on the pool (the route opted out of dedupe): the runtime begins no
     /// transaction, so only the handler's own statements meet the outage. The insert is
     /// idempotent on the event id.
@@ -54,7 +57,7 @@ async fn apply(ctx: Context, event: Event<Vec<u8>>, how: Effects) -> Result<(), 
     let insert = "INSERT INTO effects (event_id, k, seq) VALUES ($1, $2, $3)
                   ON CONFLICT (event_id) DO NOTHING";
     match how {
-        Effects::DedupeTransaction => {
+        Effects::DedupeTransaction | Effects::DedupeBatches => {
             let mut tx = ctx.transaction().await?;
             // The dedupe row rules out a second effect; should one come anyway, it is
             // dead-lettered, which the test sees.
@@ -128,7 +131,12 @@ async fn outage_is_waited_out(how: Effects) -> anyhow::Result<()> {
         ],
     )?;
     let options = RouteOptions {
-        dedupe: matches!(how, Effects::DedupeTransaction),
+        dedupe: !matches!(how, Effects::OwnSql),
+        batch_size: if matches!(how, Effects::DedupeBatches) {
+            10
+        } else {
+            1
+        },
         ..RouteOptions::default()
     };
     let consumer = InProcessConsumer::start(Consumer::builder(config).pool(pool).route_with(
@@ -179,8 +187,16 @@ async fn outage_is_waited_out(how: Effects) -> anyhow::Result<()> {
         .map(|n| format!("{topic}.retry.{n}"))
         .chain([format!("{topic}.dlq")])
     {
-        let n = kafka::read_to_end(&t, Duration::from_secs(30)).await?.len();
+        let read = kafka::read_to_end(&t, Duration::from_secs(30)).await?;
+        let n = read.len();
         copies.push(format!("{t}: {n}"));
+        for copy in &read {
+            copies.push(format!(
+                "  {}: {}",
+                copy.header(h::ERROR_KIND).unwrap_or_default(),
+                copy.header(h::ERROR_MESSAGE).unwrap_or_default()
+            ));
+        }
         assert_eq!(
             n,
             0,
@@ -217,4 +233,10 @@ async fn an_outage_under_dedupe_transactions_is_waited_out_in_order() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_met_by_the_handlers_own_sql_is_waited_out_in_order() -> anyhow::Result<()> {
     outage_is_waited_out(Effects::OwnSql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_under_batched_dedupe_transactions_is_waited_out_in_order() -> anyhow::Result<()>
+{
+    outage_is_waited_out(Effects::DedupeBatches).await
 }
