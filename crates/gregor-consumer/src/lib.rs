@@ -10,7 +10,13 @@
 //! * **Failures**: [`HandlerError::Retryable`] (and panics) retry in place with backoff, then
 //!   through `<topic>.retry.<n>` tiers whose due time travels in a header, then land in
 //!   `<topic>.dlq` with full diagnostics; [`HandlerError::Permanent`] and undecodable payloads
-//!   go to the DLQ at once.
+//!   go to the DLQ at once. Where each failure goes is decided in one place (the `router`
+//!   module).
+//! * **Outages** are waited out, never turned into failures (P9): when the schema registry or
+//!   the database cannot be reached ([`is_database_unreachable`]: the dedupe transaction's or
+//!   the handler's own SQL, via `From<sqlx::Error>` or [`HandlerError::Unavailable`]), the
+//!   message is tried again in place with capped backoff while its partition pauses behind it;
+//!   nothing is forwarded, dead-lettered or reordered, and `/readyz` reports the database down.
 //!
 //! ```no_run
 //! use gregor_consumer::{Consumer, ConsumerConfig, Context, Event, HandlerError, Json};
