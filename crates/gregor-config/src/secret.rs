@@ -63,6 +63,15 @@ impl DatabaseUrl {
                 "the URL names no host or database",
             ));
         }
+        if reads_differently(rest) {
+            return Err(ConfigError::invalid(
+                var,
+                "an '@' follows the first '/' after the host, so the PostgreSQL driver would \
+                 take part of the user info for the database name (and the server would echo \
+                 it in its error): percent-encode a password holding '/', '?', '#' or '@' \
+                 (%2F, %3F, %23, %40), and an '@' in a database name (%40)",
+            ));
+        }
         if let Some(name) = param_names(raw)
             .find(|name| is_credential_name(name) && !DRIVER_CREDENTIAL_PARAMS.contains(name))
         {
@@ -106,6 +115,21 @@ impl fmt::Display for DatabaseUrl {
     }
 }
 
+/// Whether the driver, which ends the authority at the first `/`, `?` or `#`, would read a
+/// different user info than the redactor (which ends it at the last `@`) in a way that puts
+/// part of it in the database name: an `@` in the path as the driver sees it.
+fn reads_differently(after_scheme: &str) -> bool {
+    let Some(slash) = after_scheme.find(['/', '?', '#']) else {
+        return false;
+    };
+    let tail = &after_scheme[slash..];
+    if !tail.starts_with('/') {
+        return false;
+    }
+    let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
+    tail[..path_end].contains('@')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +150,25 @@ mod tests {
             assert!(shown.contains("app:***@db:5432/orders"), "{shown}");
         }
         assert!(url.expose().contains("s3cr3t-canary"));
+    }
+
+    #[test]
+    fn urls_the_driver_would_read_differently_are_refused_without_the_secret() {
+        for raw in [
+            "postgres://app:1234/canary@db/orders",
+            "postgres://app:x@127.0.0.1:5432/canary@db/orders",
+        ] {
+            let err = DatabaseUrl::parse("DATABASE_URL", raw).unwrap_err();
+            assert!(!err.to_string().contains("canary"), "{err}");
+            assert_eq!(err.var(), "DATABASE_URL");
+        }
+        for fine in [
+            "postgres://app:pw@db/orders?application_name=me@host",
+            "postgres://app:a/b?c#d@db/orders",
+            "postgres://db/orders",
+        ] {
+            assert!(DatabaseUrl::parse("DATABASE_URL", fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]

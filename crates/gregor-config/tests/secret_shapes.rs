@@ -112,13 +112,32 @@ fn every_credential_parameter_is_masked_or_refused() {
     }
 }
 
+/// An unencoded `/` in a password makes the driver read the URL differently (part of the
+/// password becomes the database name, which the server echoes in its error): refused with
+/// a hint, never echoed.
+#[test]
+fn a_raw_slash_in_a_password_is_refused_with_a_hint() {
+    for raw in [
+        format!("postgres://app:{}@db:5432/orders", canary("/")),
+        format!("postgres://app:{}@db:5432/orders", canary("@db:5432/")),
+        format!("postgres://app:1234/{RIGHT}@db/orders"),
+    ] {
+        let err = DatabaseUrl::parse("DATABASE_URL", &raw).expect_err(&raw);
+        assert_hidden(&format!("{err} {err:?}"), &raw);
+        assert!(err.to_string().contains("%2F"), "{err}");
+    }
+    let encoded = format!("postgres://app:{LEFT}%2F{RIGHT}@db:5432/orders");
+    let url = DatabaseUrl::parse("DATABASE_URL", &encoded).expect("percent-encoded is fine");
+    assert_eq!(url.redacted(), "postgres://app:***@db:5432/orders");
+}
+
 #[test]
 fn sane_urls_still_show_where_they_point() {
     let url = DatabaseUrl::parse(
         "DATABASE_URL",
         &format!(
             "postgres://app:{}@db:5432/orders?sslmode=require&application_name=relay",
-            canary("/")
+            canary("?#:")
         ),
     )
     .expect("valid");
