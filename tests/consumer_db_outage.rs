@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use gregor_consumer::{Consumer, Context, Event, HandlerError, Raw, RouteOptions};
-use gregor_integration_tests::{InProcessConsumer, consumer_config};
+use gregor_integration_tests::{InProcessConsumer, consumer_config, free_port};
 use gregor_testkit::kafka::{self, Record};
 use gregor_testkit::{PrivatePostgres, TestDb, unique_name, wait_until};
 use gregor_wire::headers as h;
@@ -108,6 +108,24 @@ async fn effects(db: &TestDb) -> anyhow::Result<i64> {
         .await?)
 }
 
+/// Waits until `/readyz` on `addr` answers `status` with every line of `lines`.
+async fn readyz(addr: &str, status: u16, lines: &[&str]) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let url = format!("http://{addr}/readyz");
+    let what = format!("/readyz to answer {status} with {lines:?}");
+    wait_until(WAIT, &what, || async {
+        let Ok(response) = client.get(&url).send().await else {
+            return Ok(None);
+        };
+        let code = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        Ok((code == status && lines.iter().all(|l| body.lines().any(|b| b == *l))).then_some(()))
+    })
+    .await
+}
+
 async fn outage_is_waited_out(how: Effects) -> anyhow::Result<()> {
     let pg = PrivatePostgres::start().await?;
     let db = TestDb::create_on(&pg.url(), "dboutage").await?;
@@ -121,10 +139,14 @@ async fn outage_is_waited_out(how: Effects) -> anyhow::Result<()> {
         .acquire_timeout(Duration::from_secs(1))
         .connect(&db.url)
         .await?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
     let config = consumer_config(
         &unique_name("g"),
         None,
         &[
+            ("GREGOR_CONSUMER_HTTP_ADDR", addr.as_str()),
+            // A poll loop held up by the outage would lose the group within 7 s.
+            ("KAFKA_MAX_POLL_INTERVAL_MS", "7000"),
             ("GREGOR_CONSUMER_IN_PLACE_ATTEMPTS", "2"),
             ("GREGOR_CONSUMER_MAX_BACKOFF_MS", "300"),
             ("GREGOR_CONSUMER_RETRY_TIERS", "100ms,100ms"),
@@ -158,26 +180,35 @@ async fn outage_is_waited_out(how: Effects) -> anyhow::Result<()> {
     // Some events in flight as the server stops, more while it is down.
     kafka::produce(&topic, events(BEFORE..BEFORE + AT_STOP, &tag)).await?;
     pg.stop()?;
+    let stopped = std::time::Instant::now();
     kafka::produce(
         &topic,
         events(BEFORE + AT_STOP..BEFORE + AT_STOP + DURING, &tag),
     )
     .await?;
-    // Long enough for the acquire timeout to expire many times over, on every partition:
-    // more failed attempts than the in-place attempts and the tiers of one message.
+    // Long enough for the acquire timeout to expire many times over, on every partition —
+    // more failed attempts than the in-place attempts and the tiers of one message — and
+    // longer than max.poll.interval.ms.
     let metrics = consumer.metrics.clone();
     wait_until(WAIT, "the outage to outlast the retry policy", || async {
-        Ok((metrics.stats().failed_attempts >= 12).then_some(()))
+        let long = stopped.elapsed() >= Duration::from_secs(8);
+        Ok((long && metrics.stats().failed_attempts >= 12).then_some(()))
     })
     .await?;
     let during = metrics.stats();
-    eprintln!("during the outage: {during:?}");
+    eprintln!(
+        "during the outage ({:?} so far): {during:?}",
+        stopped.elapsed()
+    );
+    // Readiness is red for the database while the member keeps its partitions.
+    readyz(&addr, 503, &["database: down", "group: up"]).await?;
     pg.resume().await?;
 
     let done = wait_until(WAIT, "every effect after the outage", || async {
         Ok((effects(&db).await? == total).then_some(()))
     })
     .await;
+    readyz(&addr, 200, &["database: up", "group: up"]).await?;
     let stats = consumer.metrics.stats();
     consumer.stop().await?;
     eprintln!("after the outage: {stats:?}");
