@@ -119,7 +119,7 @@ async fn gregor_inbox_lists_groups_and_purges_one() -> anyhow::Result<()> {
     let line = |group: &str| {
         stdout
             .lines()
-            .find(|l| l.starts_with(&format!("group=\"{group}\" ")))
+            .find(|l| l.starts_with(&format!("group={group} ")))
             .unwrap_or_else(|| panic!("no line for {group}:\n{stdout}"))
             .to_owned()
     };

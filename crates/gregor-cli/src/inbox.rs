@@ -10,6 +10,7 @@ use gregor_config::{DatabaseUrl, Env};
 use sqlx::PgPool;
 
 use crate::UsageError;
+use crate::escape::shown;
 
 /// Rows deleted per statement by `purge`, so that no statement holds a huge transaction.
 const PURGE_BATCH: i64 = 10_000;
@@ -59,12 +60,6 @@ async fn has_inbox(pool: &PgPool) -> anyhow::Result<bool> {
     Ok(found.is_some())
 }
 
-/// A group name as printed: control characters and quotes escaped, so that a hostile name
-/// cannot rewrite the operator's terminal.
-fn shown(group: &str) -> String {
-    group.escape_debug().to_string()
-}
-
 pub(crate) async fn run(cmd: InboxCommand) -> anyhow::Result<()> {
     let pool = pool().await?;
     if !has_inbox(&pool).await? {
@@ -86,7 +81,7 @@ pub(crate) async fn run(cmd: InboxCommand) -> anyhow::Result<()> {
             }
             for g in groups {
                 println!(
-                    "group=\"{}\" rows={} oldest={} newest={}",
+                    "group={} rows={} oldest={} newest={}",
                     shown(&g.consumer_group),
                     g.rows,
                     g.oldest.to_rfc3339(),
@@ -106,7 +101,7 @@ pub(crate) async fn run(cmd: InboxCommand) -> anyhow::Result<()> {
                 && !force
             {
                 return Err(UsageError(format!(
-                    "group \"{}\" handled a message at {}: it may still run, and purging its \
+                    "group {} handled a message at {}: it may still run, and purging its \
                      inbox would let redelivered messages take effect twice; stop its \
                      consumers first, or pass --force",
                     shown(&group),
@@ -130,7 +125,7 @@ pub(crate) async fn run(cmd: InboxCommand) -> anyhow::Result<()> {
                     break;
                 }
             }
-            println!("purged {total} row(s) of group \"{}\"", shown(&group));
+            println!("purged {total} row(s) of group {}", shown(&group));
         }
     }
     Ok(())
