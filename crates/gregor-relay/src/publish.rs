@@ -13,7 +13,7 @@ use prometheus::IntCounter;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::store::{FailedRow, OutboxRow};
 use crate::trace;
@@ -89,6 +89,29 @@ pub(crate) struct Publisher {
     rebuilds: IntCounter,
     /// Whether the last rebuild (if any) succeeded.
     healthy: AtomicBool,
+    /// Consecutive batches the broker refused whole for the producer's state.
+    refused_batches: AtomicU32,
+}
+
+/// Whole batches refused for the producer's state before it is rebuilt.
+const REFUSED_BATCHES_BEFORE_REBUILD: u32 = 3;
+
+/// Errors by which a broker refuses the producer itself (its id, epoch or sequence numbers),
+/// not the record or the connection. `Unknown` is what nisshi answers to a bumped epoch.
+fn rejects_producer_state(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            C::Unknown
+                | C::OutOfOrderSequenceNumber
+                | C::DuplicateSequenceNumber
+                | C::UnknownProducerId
+                | C::InvalidProducerEpoch
+                | C::InvalidProducerIdMapping
+                | C::ProducerFenced
+        )
+    )
 }
 
 impl std::fmt::Debug for Publisher {
@@ -115,6 +138,7 @@ impl Publisher {
             wedged_after: delivery_bound * 2 + Duration::from_secs(1),
             rebuilds,
             healthy: AtomicBool::new(true),
+            refused_batches: AtomicU32::new(0),
         })
     }
 
@@ -140,20 +164,25 @@ impl Publisher {
 
     /// Replaces a producer in librdkafka's fatal state or one that stopped reporting
     /// deliveries. Runs between batches: nothing this relay still waits for is in flight.
-    async fn recover(&self, wedged: bool) {
+    async fn recover(&self, wedged: bool, refused: bool) {
         let fatal = self.producer.fatal_error();
-        if fatal.is_none() && !wedged {
+        if fatal.is_none() && !wedged && !refused {
             return;
         }
         match &fatal {
             Some((code, reason)) => {
                 tracing::error!(?code, %reason, "the producer hit a fatal error; rebuilding it");
             }
-            None => tracing::error!(
+            None if wedged => tracing::error!(
                 after = ?self.wedged_after,
                 "the producer reported no delivery in time; rebuilding it"
             ),
+            None => tracing::error!(
+                batches = REFUSED_BATCHES_BEFORE_REBUILD,
+                "the broker keeps refusing the producer's id, epoch or sequence; rebuilding it"
+            ),
         }
+        self.refused_batches.store(0, Ordering::Relaxed);
         match self.producer.rebuild() {
             Ok(old) => {
                 self.rebuilds.inc();
@@ -182,6 +211,8 @@ impl Publisher {
         may_hand_over: &(dyn Fn(i16) -> bool + Sync),
     ) -> BatchOutcome {
         let producer = self.producer.current();
+        // Whether every row that failed was refused for the producer's own state.
+        let mut state_rejections_only = true;
         let mut outcome = BatchOutcome::default();
         let mut pending: Vec<Pending> = Vec::with_capacity(rows.len());
         for row in rows {
@@ -195,6 +226,7 @@ impl Publisher {
                 continue;
             }
             if let Err(e) = gregor_outbox::validate_topic(&row.topic) {
+                state_rejections_only = false;
                 block(blocked, &row.key);
                 outcome.failed.push(FailedRow {
                     id: row.id,
@@ -225,6 +257,7 @@ impl Publisher {
                     span,
                 }),
                 Err(e) => {
+                    state_rejections_only = false;
                     if let Some(span) = &span {
                         trace::record_failure(span, &e);
                     }
@@ -267,6 +300,9 @@ impl Publisher {
                     outcome.acked.push((id, latency));
                 }
                 Ok(Err((e, _))) => {
+                    if !rejects_producer_state(&e) {
+                        state_rejections_only = false;
+                    }
                     if let Some(span) = &span {
                         trace::record_failure(span, &e);
                     }
@@ -274,6 +310,7 @@ impl Publisher {
                     outcome.failed.push(failed_row(id, &e));
                 }
                 Err(_cancelled) => {
+                    state_rejections_only = false;
                     block(blocked, &key);
                     outcome.failed.push(FailedRow {
                         id,
@@ -284,7 +321,23 @@ impl Publisher {
             }
         }
         drop(producer);
-        self.recover(wedged).await;
+        // A broker that keeps refusing the producer's id, epoch or sequence for whole batches
+        // (seen with a broker that rejects librdkafka's epoch bump after message timeouts)
+        // will not recover by retrying with the same producer.
+        let refused =
+            outcome.acked.is_empty() && !outcome.failed.is_empty() && state_rejections_only;
+        // A batch that attempted nothing (every row skipped) says nothing either way.
+        let attempted = !outcome.acked.is_empty() || !outcome.failed.is_empty();
+        let refusals = if refused {
+            self.refused_batches.fetch_add(1, Ordering::Relaxed) + 1
+        } else if attempted {
+            self.refused_batches.store(0, Ordering::Relaxed);
+            0
+        } else {
+            self.refused_batches.load(Ordering::Relaxed)
+        };
+        self.recover(wedged, refusals >= REFUSED_BATCHES_BEFORE_REBUILD)
+            .await;
         outcome
     }
 }
