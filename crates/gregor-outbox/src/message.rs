@@ -5,6 +5,10 @@ use crate::OutboxError;
 /// Header names the relay writes itself; a message may not set them.
 pub const RESERVED_HEADERS: &[&str] = &["content-type", "traceparent", "tracestate"];
 
+/// Headers starting with this are the consumer runtime's diagnostics (`gregor-original-topic`,
+/// `gregor-attempt`, …): an event may not carry them.
+pub const RESERVED_PREFIX: &str = "gregor-";
+
 /// The longest topic name Kafka accepts.
 const MAX_TOPIC_LEN: usize = 249;
 
@@ -138,6 +142,12 @@ impl OutboxMessage {
                     "header {name:?} is reserved: the relay sets it from the message's attributes"
                 )));
             }
+            if lower.starts_with(RESERVED_PREFIX) {
+                return Err(OutboxError::InvalidMessage(format!(
+                    "header {name:?} is reserved: `gregor-*` headers are written only by the \
+                     consumer runtime on its own retry and dead-letter copies"
+                )));
+            }
         }
         if let Some(tp) = &self.traceparent
             && !is_traceparent(tp)
@@ -204,6 +214,20 @@ mod tests {
         for name in ["ce_id", "CE_TYPE", "traceparent", "content-type", ""] {
             let msg = OutboxMessage::new("t", "e", "s").header(name, b"x".to_vec());
             assert!(msg.validate().is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn gregor_diagnostic_headers_are_refused() {
+        // Only the consumer runtime writes them, on its own retry and DLQ copies: an event
+        // carrying forged coordinates must not reach a topic through the outbox.
+        for name in [
+            "gregor-original-topic",
+            "GREGOR-ATTEMPT",
+            "gregor-not-before",
+        ] {
+            let msg = OutboxMessage::new("t", "e", "s").header(name, b"x".to_vec());
+            assert!(msg.validate().is_err(), "{name} must be refused");
         }
     }
 
