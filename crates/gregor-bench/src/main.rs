@@ -11,6 +11,7 @@
 mod avro;
 mod consumer;
 mod relay;
+mod relay_extra;
 mod report;
 mod telemetry;
 

@@ -21,7 +21,28 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Workload;
+use crate::relay_extra as extra;
 use crate::report::{emit, quantile};
+
+fn per_event(cpu_seconds: f64, events: u64) -> f64 {
+    cpu_seconds * 1e6 / events.max(1) as f64
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// A small waiting backlog for the first-publish scenario.
+async fn fill_small(pool: &PgPool, bootstrap: &str, partitions: i32) -> anyhow::Result<()> {
+    let topic = unique_name("bench-first");
+    kafka::create_topic_on(bootstrap, &topic, partitions).await?;
+    let work = Workload {
+        events: 1000,
+        payload: 100,
+        keys: 100,
+    };
+    fill_with(pool, &topic, &work, None).await
+}
 
 /// Relay benchmark options.
 #[derive(Debug, clap::Args)]
@@ -48,40 +69,128 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
         o.work.events, o.work.payload, o.work.keys, o.partitions
     );
 
+    let cpu_before = extra::own_cpu() + extra::cpu_of_processes(extra::SERVICES);
     let producer_rate = bare_producer(&bootstrap, &o).await?;
-    println!("baseline (a) bare rdkafka producer: {producer_rate:.0} events/s");
+    let producer_cpu = per_event(
+        extra::own_cpu() + extra::cpu_of_processes(extra::SERVICES) - cpu_before,
+        o.work.events,
+    );
+    println!(
+        "baseline (a) bare rdkafka producer: {producer_rate:.0} events/s, {producer_cpu:.1} CPU-µs/event (bench + PostgreSQL + broker)"
+    );
 
     let db = TestDb::create_on(&server, "bench").await?;
     fill(&db.pool, "unused", &o).await?;
+    let cpu_before = extra::own_cpu() + extra::cpu_of_processes(extra::SERVICES);
     let sql_rate = bare_sql_drain(&db.pool, o.work.events).await?;
-    println!("baseline (b) bare SQL read+delete: {sql_rate:.0} rows/s");
+    let sql_cpu = per_event(
+        extra::own_cpu() + extra::cpu_of_processes(extra::SERVICES) - cpu_before,
+        o.work.events,
+    );
+    println!("baseline (b) bare SQL read+delete: {sql_rate:.0} rows/s, {sql_cpu:.1} CPU-µs/event");
     let baseline = producer_rate.min(sql_rate);
+    let bare_cpu = producer_cpu + sql_cpu;
+
+    let topic = unique_name("bench-hand");
+    kafka::create_topic_on(&bootstrap, &topic, o.partitions).await?;
+    fill(&db.pool, &topic, &o).await?;
+    let hand_producer: FutureProducer = producer_config(&bootstrap).create()?;
+    let (hand_rate, hand_cpu) =
+        extra::hand_rolled_drain(&db.pool, &hand_producer, &topic, o.work.events).await?;
+    drop(hand_producer);
+    println!(
+        "baseline (c) hand-rolled single-statement drain: {hand_rate:.0} events/s, {hand_cpu:.1} CPU-µs/event"
+    );
 
     let mut peak_rss_kib = 0;
-    for replicas in [1usize, 3] {
+    let mut quiet_rate = 0.0;
+    for (replicas, held) in [(1usize, false), (3, false), (1, true)] {
         let topic = unique_name("bench-relay");
         kafka::create_topic_on(&bootstrap, &topic, o.partitions).await?;
         fill(&db.pool, &topic, &o).await?;
-        let (rate, rss, _) =
+        let snapshot = if held {
+            Some(extra::HeldSnapshot::take(&db.pool).await?)
+        } else {
+            None
+        };
+        let services_before = extra::cpu_of_processes(extra::SERVICES);
+        let (rate, rss, relay_cpu) =
             relay_drain(&db, &bootstrap, &relay_bin, replicas, o.work.events, &[]).await?;
+        let services_cpu = extra::cpu_of_processes(extra::SERVICES) - services_before;
+        if let Some(snapshot) = snapshot {
+            snapshot.release().await?;
+        }
         peak_rss_kib = peak_rss_kib.max(rss);
+        let total_cpu = per_event(relay_cpu + services_cpu, o.work.events);
+        let name = match (replicas, held) {
+            (_, true) => "relay_drain_held_snapshot".to_owned(),
+            (1, false) => "relay_drain_1_replica".to_owned(),
+            (n, false) => format!("relay_drain_{n}_replicas"),
+        };
+        if replicas == 1 && !held {
+            quiet_rate = rate;
+        }
+        let (base, base_kind, target) = if held {
+            (quiet_rate, "the quiet 1-replica drain of this run", 0.9)
+        } else {
+            (
+                baseline,
+                "slower of bare producer and bare SQL",
+                if replicas == 1 { 0.6 } else { 0.7 },
+            )
+        };
         emit(
-            &format!(
-                "relay_drain_{replicas}_replica{}",
-                if replicas == 1 { "" } else { "s" }
-            ),
+            &name,
             rate,
             "events/s",
-            baseline,
+            base,
             &[
+                ("baseline_kind", json!(base_kind)),
                 ("baseline_producer", json!(producer_rate.round())),
                 ("baseline_sql", json!(sql_rate.round())),
+                ("baseline_hand_rolled", json!(hand_rate.round())),
+                (
+                    "ratio_to_hand_rolled",
+                    json!((rate / hand_rate * 1000.0).round() / 1000.0),
+                ),
+                (
+                    "relay_cpu_us_per_event",
+                    json!(round1(per_event(relay_cpu, o.work.events))),
+                ),
+                ("total_cpu_us_per_event", json!(round1(total_cpu))),
+                ("bare_cpu_us_per_event", json!(round1(bare_cpu))),
+                ("hand_rolled_cpu_us_per_event", json!(round1(hand_cpu))),
+                (
+                    "cpu_ratio_to_bare",
+                    json!(round1(total_cpu / bare_cpu * 100.0) / 100.0),
+                ),
                 ("replicas", json!(replicas)),
                 ("events", json!(o.work.events)),
-                ("target_ratio", json!(0.7)),
+                ("target_ratio", json!(target)),
             ],
         );
     }
+
+    fill_small(&db.pool, &bootstrap, o.partitions).await?;
+    let first = extra::first_publish(&db, &bootstrap, &relay_bin, 1000).await?;
+    emit(
+        "relay_first_publish",
+        first * 1000.0,
+        "ms",
+        500.0,
+        &[
+            ("baseline_kind", json!("target")),
+            (
+                "measures",
+                json!(
+                    "relay process spawned → first row of a waiting backlog acknowledged and deleted"
+                ),
+            ),
+        ],
+    );
+    sqlx::query("DELETE FROM gregor_outbox")
+        .execute(&db.pool)
+        .await?;
 
     let (p50, p99, bare_p50, bare_p99) = latency(&db, &bootstrap, &relay_bin, &o).await?;
     emit(
@@ -264,11 +373,11 @@ async fn bare_sql_drain(pool: &PgPool, events: u64) -> anyhow::Result<f64> {
     Ok(drained as f64 / started.elapsed().as_secs_f64())
 }
 
-struct RelayProc(Child);
+pub(crate) struct RelayProc(Child);
 
 impl RelayProc {
     /// SIGTERM and wait: the relay releases its leases and leaves.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.0.id().to_string())
@@ -284,7 +393,7 @@ impl Drop for RelayProc {
     }
 }
 
-fn spawn_relay(
+pub(crate) fn spawn_relay(
     bin: &PathBuf,
     db: &TestDb,
     bootstrap: &str,
@@ -313,7 +422,7 @@ fn spawn_relay(
 }
 
 /// User plus system CPU time a process used so far (all its threads).
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -342,7 +451,11 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn poll<F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<Instant>
+pub(crate) async fn poll<F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<Instant>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
@@ -361,7 +474,7 @@ where
 }
 
 /// Forgets replicas of earlier scenarios (their heartbeats would shrink the fair share).
-async fn reset_leases(pool: &PgPool) -> anyhow::Result<()> {
+pub(crate) async fn reset_leases(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::query("UPDATE gregor_relay_leases SET owner = NULL, expires_at = '-infinity'")
         .execute(pool)
         .await?;
