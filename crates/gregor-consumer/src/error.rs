@@ -126,6 +126,12 @@ pub enum ConsumerError {
     /// Two routes for one topic.
     #[error("topic {0} is routed twice")]
     DuplicateRoute(String),
+    /// A retry or dead-letter copy could not be forwarded (the topic is missing, invalid or
+    /// not writable, or the copy is too large even without its payload): the consumer stopped
+    /// rather than block the message's partition forever. The message's offset is not
+    /// committed.
+    #[error(transparent)]
+    Forward(#[from] crate::forward_error::ForwardError),
     /// The `/healthz`, `/readyz` and `/metrics` endpoint (`GREGOR_CONSUMER_HTTP_ADDR`) could
     /// not start, say because the address is taken.
     #[error("GREGOR_CONSUMER_HTTP_ADDR: {0}")]
@@ -141,7 +147,11 @@ impl ConsumerError {
             Self::Database(e) => gregor_outbox::is_retryable_sqlx(e),
             Self::Schema(e) => e.is_retryable(),
             Self::Http(e) => e.is_retryable(),
-            Self::Config(_) | Self::Metrics(_) | Self::NoRoutes | Self::DuplicateRoute(_) => false,
+            Self::Config(_)
+            | Self::Metrics(_)
+            | Self::NoRoutes
+            | Self::DuplicateRoute(_)
+            | Self::Forward(_) => false,
         }
     }
 }

@@ -1,13 +1,10 @@
-//! Durable forwarding to retry tiers and the dead-letter topic, with the diagnostic headers
-//! of DESIGN §3. A message's offset is released only after the broker acknowledged its copy.
-
-use std::time::Duration;
+//! What a retry or dead-letter copy carries, with the diagnostic headers of DESIGN §3, and
+//! the smaller copies sent when a full one is too large for the producer or the broker.
+//! Sending them is the [`crate::forwarder`]'s job.
 
 use chrono::{DateTime, Utc};
 use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio_util::sync::CancellationToken;
 
 use gregor_telemetry::propagation::TraceHeaders;
 use gregor_wire::headers as h;
@@ -23,6 +20,49 @@ pub(crate) struct Failure<'a> {
     pub(crate) not_before: Option<DateTime<Utc>>,
 }
 
+/// How much a copy carries. A copy the producer or the broker refuses as too large is sent
+/// again at the next stage, each leaving out more of what makes it large.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Stage {
+    /// Key, value, the original headers and full diagnostics.
+    Full,
+    /// The error message cut to [`BRIEF_ERROR_MESSAGE`] bytes and no `tracestate`.
+    BriefDiagnostics,
+    /// As brief, and the value replaced by a JSON reference to the original coordinates,
+    /// marked `gregor-payload-omitted: too-large`. Only for dead-letter copies: a retry copy
+    /// must carry its payload to the handler.
+    PayloadOmitted,
+}
+
+impl Stage {
+    /// The next smaller stage, if any.
+    pub(crate) fn smaller(self) -> Option<Self> {
+        match self {
+            Self::Full => Some(Self::BriefDiagnostics),
+            Self::BriefDiagnostics => Some(Self::PayloadOmitted),
+            Self::PayloadOmitted => None,
+        }
+    }
+}
+
+/// The longest error message a brief copy carries, in bytes.
+pub(crate) const BRIEF_ERROR_MESSAGE: usize = 160;
+
+/// The value of [`h::PAYLOAD_OMITTED`] on a copy whose payload was too large.
+pub(crate) const OMITTED_TOO_LARGE: &str = "too-large";
+
+/// `message` cut to at most `max` bytes on a character boundary.
+fn cut(message: &str, max: usize) -> &str {
+    if message.len() <= max {
+        return message;
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
 /// Builds the headers of a retry or dead-letter copy: the original headers without earlier
 /// diagnostics, then fresh diagnostics (original coordinates survive every hop).
 ///
@@ -33,6 +73,7 @@ pub(crate) fn copy_headers(
     group: &str,
     failure: &Failure<'_>,
     trace: Option<&TraceHeaders>,
+    stage: Stage,
 ) -> OwnedHeaders {
     let old = msg.headers();
     let keep = |name: &str| h::get_str(old, name).map(str::to_owned);
@@ -43,13 +84,15 @@ pub(crate) fn copy_headers(
     let original_timestamp = keep(h::ORIGINAL_TIMESTAMP)
         .or_else(|| msg.timestamp().to_millis().map(|ms| ms.to_string()));
     let first_failure = keep(h::FIRST_FAILURE_AT).unwrap_or_else(|| h::format_time(Utc::now()));
+    let brief = stage >= Stage::BriefDiagnostics;
 
     let mut out = OwnedHeaders::new();
     if let Some(old) = old {
         for header in old.iter() {
             let replaced_trace =
                 trace.is_some() && (header.key == h::TRACEPARENT || header.key == h::TRACESTATE);
-            if !h::DIAGNOSTIC_HEADERS.contains(&header.key) && !replaced_trace {
+            let dropped = brief && header.key == h::TRACESTATE;
+            if !h::DIAGNOSTIC_HEADERS.contains(&header.key) && !replaced_trace && !dropped {
                 out = out.insert(header);
             }
         }
@@ -63,7 +106,7 @@ pub(crate) fn copy_headers(
     };
     if let Some(trace) = trace {
         add(h::TRACEPARENT, &trace.traceparent);
-        if let Some(state) = &trace.tracestate {
+        if let Some(state) = trace.tracestate.as_ref().filter(|_| !brief) {
             add(h::TRACESTATE, state);
         }
     }
@@ -76,49 +119,45 @@ pub(crate) fn copy_headers(
     add(h::CONSUMER_GROUP, group);
     add(h::ATTEMPT, &attempts);
     add(h::ERROR_KIND, failure.kind.as_str());
-    add(h::ERROR_MESSAGE, h::bounded_message(failure.message));
+    let message = if brief {
+        cut(failure.message, BRIEF_ERROR_MESSAGE)
+    } else {
+        h::bounded_message(failure.message)
+    };
+    add(h::ERROR_MESSAGE, message);
     add(h::FIRST_FAILURE_AT, &first_failure);
     if let Some(due) = failure.not_before {
         add(h::NOT_BEFORE, &h::format_time(due));
     }
+    if stage == Stage::PayloadOmitted {
+        add(h::PAYLOAD_OMITTED, OMITTED_TOO_LARGE);
+    }
     out
 }
 
-/// Produces the copy and waits for the broker's acknowledgement, retrying transient
-/// failures until `token` is cancelled. Returns false when cancelled before success.
-pub(crate) async fn forward(
-    producer: &FutureProducer,
+/// The value of a copy at `stage`: the original payload, or (payload omitted) a JSON
+/// reference to the original coordinates as `headers` (from [`copy_headers`]) name them.
+pub(crate) fn copy_value(
     msg: &OwnedMessage,
-    topic: &str,
-    headers: OwnedHeaders,
-    token: &CancellationToken,
-) -> bool {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers.clone());
-        if let Some(key) = msg.key() {
-            record = record.key(key);
-        }
-        if let Some(payload) = msg.payload() {
-            record = record.payload(payload);
-        }
-        let sent = tokio::select! {
-            biased;
-            r = producer.send(record, Duration::from_secs(30)) => r,
-            () = token.cancelled() => return false,
-        };
-        match sent {
-            Ok(_) => return true,
-            Err((e, _)) => {
-                tracing::warn!(topic, error = %e, "forwarding failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = token.cancelled() => return false,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+    headers: &OwnedHeaders,
+    stage: Stage,
+) -> Option<Vec<u8>> {
+    if stage != Stage::PayloadOmitted {
+        return msg.payload().map(<[u8]>::to_vec);
     }
+    let coordinate = |name: &str| {
+        h::get_str(Some(headers), name)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let reference = serde_json::json!({
+        "gregor-payload-omitted": OMITTED_TOO_LARGE,
+        "topic": coordinate(h::ORIGINAL_TOPIC),
+        "partition": coordinate(h::ORIGINAL_PARTITION).parse::<i64>().ok(),
+        "offset": coordinate(h::ORIGINAL_OFFSET).parse::<i64>().ok(),
+        "bytes": msg.payload().map_or(0, <[u8]>::len),
+    });
+    Some(reference.to_string().into_bytes())
 }
 
 #[cfg(test)]
@@ -164,7 +203,7 @@ mod tests {
             attempts: 2,
             not_before: None,
         };
-        let out = copy_headers(&msg, "g", &failure, None);
+        let out = copy_headers(&msg, "g", &failure, None, Stage::Full);
         assert_eq!(h::get_str(Some(&out), h::CE_ID), Some("id-1"));
         assert_eq!(h::get_str(Some(&out), h::ORIGINAL_TOPIC), Some("orders"));
         assert_eq!(h::get_str(Some(&out), h::ORIGINAL_OFFSET), Some("40"));
@@ -203,14 +242,91 @@ mod tests {
             traceparent: "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01".into(),
             tracestate: None,
         };
-        let out = copy_headers(&msg, "g", &failure, Some(&next));
+        let out = copy_headers(&msg, "g", &failure, Some(&next), Stage::Full);
         assert_eq!(
             h::get_str(Some(&out), h::TRACEPARENT),
             Some(next.traceparent.as_str())
         );
         assert_eq!(out.iter().filter(|x| x.key == h::TRACEPARENT).count(), 1);
         assert!(h::get_str(Some(&out), h::TRACESTATE).is_none());
-        let kept = copy_headers(&msg, "g", &failure, None);
+        let kept = copy_headers(&msg, "g", &failure, None, Stage::Full);
         assert_eq!(h::get_str(Some(&kept), h::TRACESTATE), Some("old=1"));
+    }
+
+    #[test]
+    fn smaller_copies_cut_diagnostics_then_replace_the_payload_by_a_reference() {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: h::TRACESTATE,
+            value: Some("vendor=long"),
+        });
+        let msg = OwnedMessage::new(
+            Some(vec![b'x'; 5000]),
+            Some(b"k".to_vec()),
+            "orders.retry.1".into(),
+            Timestamp::CreateTime(1000),
+            3,
+            9,
+            Some(headers.insert(Header {
+                key: h::ORIGINAL_OFFSET,
+                value: Some("41"),
+            })),
+        );
+        let long = "e".repeat(900);
+        let failure = Failure {
+            kind: ErrorKind::Permanent,
+            message: &long,
+            attempts: 4,
+            not_before: None,
+        };
+        let full = copy_headers(&msg, "g", &failure, None, Stage::Full);
+        assert_eq!(
+            h::get_str(Some(&full), h::ERROR_MESSAGE).map(str::len),
+            Some(900)
+        );
+        assert!(h::get_str(Some(&full), h::PAYLOAD_OMITTED).is_none());
+        assert_eq!(
+            copy_value(&msg, &full, Stage::Full).map(|v| v.len()),
+            Some(5000)
+        );
+
+        let brief = copy_headers(&msg, "g", &failure, None, Stage::BriefDiagnostics);
+        assert_eq!(
+            h::get_str(Some(&brief), h::ERROR_MESSAGE).map(str::len),
+            Some(BRIEF_ERROR_MESSAGE)
+        );
+        assert!(h::get_str(Some(&brief), h::TRACESTATE).is_none());
+        assert_eq!(
+            copy_value(&msg, &brief, Stage::BriefDiagnostics).map(|v| v.len()),
+            Some(5000)
+        );
+
+        let stub = copy_headers(&msg, "g", &failure, None, Stage::PayloadOmitted);
+        assert_eq!(
+            h::get_str(Some(&stub), h::PAYLOAD_OMITTED),
+            Some(OMITTED_TOO_LARGE)
+        );
+        let value = copy_value(&msg, &stub, Stage::PayloadOmitted).unwrap();
+        let reference: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        assert_eq!(reference["topic"], "orders.retry.1");
+        assert_eq!(reference["partition"], 3);
+        assert_eq!(reference["offset"], 41, "the first hop's coordinates");
+        assert_eq!(reference["bytes"], 5000);
+        assert_eq!(Stage::PayloadOmitted.smaller(), None);
+
+        // A hostile producer's own omitted mark never survives a copy.
+        let marked = OwnedMessage::new(
+            Some(b"v".to_vec()),
+            None,
+            "orders".into(),
+            Timestamp::CreateTime(1000),
+            0,
+            1,
+            Some(OwnedHeaders::new().insert(Header {
+                key: h::PAYLOAD_OMITTED,
+                value: Some("too-large"),
+            })),
+        );
+        let copy = copy_headers(&marked, "g", &failure, None, Stage::Full);
+        assert!(h::get_str(Some(&copy), h::PAYLOAD_OMITTED).is_none());
     }
 }

@@ -53,6 +53,8 @@ mod dedupe;
 mod error;
 mod event;
 mod forward;
+mod forward_error;
+mod forwarder;
 mod metrics;
 mod observe;
 mod offsets;
@@ -70,7 +72,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
@@ -83,10 +84,12 @@ pub use decode::{Decoder, Json, Raw};
 pub use dedupe::{cleanup as cleanup_dedupe, migrate as migrate_dedupe};
 pub use error::{BoxError, ConsumerError, DecodeError, HandlerError};
 pub use event::{Context, Event, Tx};
+pub use forward_error::ForwardError;
 pub use metrics::{ConsumerMetrics, ConsumerStats};
 pub use outage::is_database_unreachable;
 pub use route::{DedupeKeyFn, ErrorKind, Handler, RouteOptions};
 
+use forwarder::Forwarder;
 use observe::Checks;
 use offsets::Offsets;
 use route::{RouteEntry, TypedRoute};
@@ -221,15 +224,27 @@ impl ConsumerBuilder {
                 member: checks.group.clone(),
                 assigned: Mutex::new(HashSet::new()),
             })?;
-        let producer: FutureProducer = config
-            .kafka
-            .client_config(&[("linger.ms", "5"), ("partitioner", "murmur2_random")])
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // Nothing reads this producer's statistics (a KAFKA_STATISTICS_INTERVAL_MS meant
-            // for the consumer would otherwise log them).
-            .set("statistics.interval.ms", "0")
-            .create()?;
+        let forwarder = Forwarder::new(
+            config
+                .kafka
+                .client_config(&[
+                    ("linger.ms", "5"),
+                    ("partitioner", "murmur2_random"),
+                    // The runtime never creates topics: a missing retry or DLQ topic is an
+                    // error that names it, not a topic with the broker's defaults.
+                    ("allow.auto.create.topics", "false"),
+                ])
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                // Nothing reads this producer's statistics (a KAFKA_STATISTICS_INTERVAL_MS meant
+                // for the consumer would otherwise log them).
+                .set("statistics.interval.ms", "0")
+                .clone(),
+            message_timeout(&config.kafka),
+            metrics.producer_rebuilds.clone(),
+            metrics.forward_failures.clone(),
+            checks.producer.clone(),
+        )?;
         let mut dlq_topics: Vec<String> =
             routes.keys().map(|t| gregor_wire::dlq_topic(t)).collect();
         dlq_topics.sort();
@@ -245,10 +260,12 @@ impl ConsumerBuilder {
             group,
             routes,
             pool,
-            producer,
+            forwarder: Arc::new(forwarder),
             offsets,
             progress: Arc::new(Notify::new()),
             metrics,
+            halt: CancellationToken::new(),
+            halted: Mutex::new(None),
         });
         Ok(Consumer {
             poll: PollLoop {
@@ -269,6 +286,15 @@ impl ConsumerBuilder {
             dlq_depth_interval: config.dlq_depth_interval,
         })
     }
+}
+
+/// The forwarding producer's `message.timeout.ms` (or `delivery.timeout.ms`) when set.
+fn message_timeout(kafka: &gregor_config::KafkaSettings) -> Option<Duration> {
+    ["message.timeout.ms", "delivery.timeout.ms"]
+        .iter()
+        .find_map(|p| kafka.property(p))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
 }
 
 /// How long [`ConsumerBuilder::build`] waits for the broker.
@@ -353,7 +379,13 @@ impl Consumer {
     /// `/metrics` and `/readyz`. Ready means every check is up: `database` (with a pool:
     /// `SELECT 1` answers), `broker` (a metadata request answers) — both refreshed every
     /// second with a 2 s timeout — and `group` (the group assigned this member its
-    /// partitions, possibly none; down again after a failed rebalance or a lost assignment).
+    /// partitions, possibly none; down again after a failed rebalance or a lost assignment)
+    /// and `producer` (the forwarding producer works; down while a needed rebuild failed).
+    ///
+    /// A retry or dead-letter copy that can never be forwarded (its topic is missing,
+    /// invalid or not writable, or it is too large even without its payload) stops the
+    /// consumer as a shutdown would, leaving that message uncommitted, and `run` returns
+    /// [`ConsumerError::Forward`] naming the topic and the cause.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         // Stops the endpoint and the status tasks when `run` returns, however it returns.
         let background = CancellationToken::new();
@@ -371,7 +403,7 @@ impl Consumer {
             tasks.push(server);
             tasks.push(tokio::spawn(observe::status_task(
                 self.poll.worker.pool.clone(),
-                self.poll.worker.producer.clone(),
+                self.poll.worker.forwarder.clone(),
                 self.topics[0].clone(),
                 self.checks.clone(),
                 background.clone(),
@@ -379,7 +411,7 @@ impl Consumer {
         }
         if !self.dlq_depth_interval.is_zero() {
             tasks.push(tokio::spawn(observe::dlq_depth_task(
-                self.poll.worker.producer.clone(),
+                self.poll.worker.forwarder.clone(),
                 self.dlq_topics.clone(),
                 self.poll.worker.metrics.dlq_depth.clone(),
                 self.dlq_depth_interval,
@@ -388,9 +420,11 @@ impl Consumer {
         }
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         self.poll.consumer.subscribe(&topics)?;
+        // Also stops when the consumer halts on a copy it cannot forward.
+        let cleanup_token = shutdown.child_token();
         let cleanup = self.poll.worker.pool.clone().map(|pool| {
             let group = self.poll.worker.group.to_string();
-            let token = shutdown.clone();
+            let token = cleanup_token.clone();
             let (retention, interval) = (self.retention, self.cleanup_interval);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(interval);
@@ -406,7 +440,8 @@ impl Consumer {
                 }
             })
         });
-        self.poll.run(shutdown).await;
+        let halted = self.poll.run(shutdown).await;
+        cleanup_token.cancel();
         if let Some(task) = cleanup {
             let _ = task.await;
         }
@@ -415,6 +450,9 @@ impl Consumer {
             // The server waits for open connections; do not let a lingering client hold us.
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
-        Ok(())
+        match halted {
+            Some(error) => Err(ConsumerError::Forward(error)),
+            None => Ok(()),
+        }
     }
 }

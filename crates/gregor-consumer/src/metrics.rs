@@ -1,5 +1,5 @@
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// The consumer's Prometheus metrics.
@@ -17,6 +17,8 @@ pub struct ConsumerMetrics {
     pub(crate) assigned_partitions: IntGauge,
     pub(crate) dlq_depth: IntGaugeVec,
     pub(crate) suspect_headers: IntCounterVec,
+    pub(crate) forward_failures: IntCounterVec,
+    pub(crate) producer_rebuilds: IntCounter,
 }
 
 /// Message totals since start, summed over topics.
@@ -118,6 +120,21 @@ impl ConsumerMetrics {
             ),
             &["topic", "header"],
         )?;
+        let forward_failures = IntCounterVec::new(
+            Opts::new(
+                "gregor_consumer_forward_failures_total",
+                "Failed sends of retry and dead-letter copies, by kind: transient (retried), \
+                 too_large (sent again smaller), unwritable (the topic refuses it; the consumer \
+                 stops after a few tries), producer and wedged (the producer is rebuilt)",
+            ),
+            &["kind"],
+        )?;
+        let producer_rebuilds = IntCounter::new(
+            "gregor_consumer_producer_rebuilds_total",
+            "Times the forwarding producer was rebuilt (fatal, refused by the broker, or wedged)",
+        )?;
+        registry.register(Box::new(forward_failures.clone()))?;
+        registry.register(Box::new(producer_rebuilds.clone()))?;
         registry.register(Box::new(suspect_headers.clone()))?;
         registry.register(Box::new(consumed.clone()))?;
         registry.register(Box::new(messages.clone()))?;
@@ -142,6 +159,8 @@ impl ConsumerMetrics {
             assigned_partitions,
             dlq_depth,
             suspect_headers,
+            forward_failures,
+            producer_rebuilds,
         })
     }
 

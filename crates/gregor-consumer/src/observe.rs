@@ -10,11 +10,12 @@ use prometheus::IntGaugeVec;
 use rdkafka::ClientContext;
 use rdkafka::client::Client;
 use rdkafka::error::KafkaResult;
-use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::producer::Producer as _;
 use rdkafka::statistics::{Partition, Statistics};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::forwarder::Forwarder;
 use crate::offsets::PartKey;
 
 /// How often the status task refreshes the database and broker checks.
@@ -68,6 +69,8 @@ pub(crate) struct Checks {
     pub(crate) broker: Check,
     /// `group`: the group assigned this member its partitions (possibly none).
     pub(crate) group: Check,
+    /// `producer`: the forwarding producer works (down while a needed rebuild failed).
+    pub(crate) producer: Check,
 }
 
 impl Checks {
@@ -76,11 +79,13 @@ impl Checks {
         let database = with_database.then(|| readiness.check("database"));
         let broker = readiness.check("broker");
         let group = readiness.check("group");
+        let producer = readiness.check("producer");
         Self {
             readiness,
             database,
             broker,
             group,
+            producer,
         }
     }
 }
@@ -90,7 +95,7 @@ impl Checks {
 /// request small on a large cluster.
 pub(crate) async fn status_task(
     pool: Option<PgPool>,
-    producer: FutureProducer,
+    forwarder: Arc<Forwarder>,
     probe_topic: String,
     checks: Checks,
     cancel: CancellationToken,
@@ -104,7 +109,7 @@ pub(crate) async fn status_task(
                     .is_ok_and(|r| r.is_ok());
                 check.set(ok);
             }
-            let producer = producer.clone();
+            let producer = forwarder.producer();
             let topic = probe_topic.clone();
             let reachable = tokio::task::spawn_blocking(move || {
                 producer
@@ -130,7 +135,7 @@ pub(crate) async fn status_task(
 /// Refreshes `gregor_dlq_depth{topic}` for each dead-letter topic every `every` until
 /// `cancel`. A missing topic leaves its series unset; a failed request keeps the last value.
 pub(crate) async fn dlq_depth_task(
-    producer: FutureProducer,
+    forwarder: Arc<Forwarder>,
     topics: Vec<String>,
     gauge: IntGaugeVec,
     every: Duration,
@@ -144,7 +149,7 @@ pub(crate) async fn dlq_depth_task(
             _ = tick.tick() => {}
         }
         for topic in &topics {
-            let producer = producer.clone();
+            let producer = forwarder.producer();
             let name = topic.clone();
             let depth = tokio::task::spawn_blocking(move || {
                 topic_depth(producer.client(), &name, DEPTH_TIMEOUT)
@@ -273,16 +278,22 @@ mod tests {
         with.database.as_ref().unwrap().set(true);
         with.broker.set(true);
         with.group.set(true);
+        assert!(!with.readiness.is_ready(), "the producer is not up yet");
+        with.producer.set(true);
         assert!(with.readiness.is_ready());
         assert_eq!(
             with.readiness.report(),
-            "database: up\nbroker: up\ngroup: up\n"
+            "database: up\nbroker: up\ngroup: up\nproducer: up\n"
         );
         let without = Checks::new(false);
         assert!(without.database.is_none());
         without.broker.set(true);
         assert!(!without.readiness.is_ready(), "no assignment yet");
         without.group.set(true);
-        assert_eq!(without.readiness.report(), "broker: up\ngroup: up\n");
+        without.producer.set(true);
+        assert_eq!(
+            without.readiness.report(),
+            "broker: up\ngroup: up\nproducer: up\n"
+        );
     }
 }

@@ -188,7 +188,12 @@ pub(crate) struct PollLoop {
 }
 
 impl PollLoop {
-    pub(crate) async fn run(self, shutdown: CancellationToken) {
+    /// Consumes until `shutdown`, or until a lane halts the consumer because a copy cannot
+    /// be forwarded (then returns why).
+    pub(crate) async fn run(
+        self,
+        shutdown: CancellationToken,
+    ) -> Option<crate::forward_error::ForwardError> {
         let offsets = self.worker.offsets.clone();
         let progress = self.worker.progress.clone();
         // Lanes stop on this token (a child, so revokes can stop some of them).
@@ -200,6 +205,7 @@ impl PollLoop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                () = self.worker.halt.cancelled() => break,
                 () = progress.notified() => self.refill(&mut partitions),
                 _ = commit_tick.tick() => {
                     partitions.retain(|k, p| offsets_live(&offsets, k, p.generation));
@@ -235,6 +241,11 @@ impl PollLoop {
         tracing::info!(running = offsets.executing(), "consumer stopped");
         self.consumer.unsubscribe();
         drop(self.consumer);
+        self.worker
+            .halted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     fn commit(&self, mode: CommitMode) {

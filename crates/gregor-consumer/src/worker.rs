@@ -9,7 +9,6 @@ use std::time::Instant;
 use chrono::Utc;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +18,9 @@ use gregor_wire::{TopicKind, base_topic, dlq_topic, retry_topic};
 
 use crate::Context;
 use crate::dedupe;
-use crate::forward::{self, Failure};
+use crate::forward::{self, Failure, Stage};
+use crate::forward_error::ForwardError;
+use crate::forwarder::{Forwarder, Stop};
 use crate::metrics::{ConsumerMetrics, outcome};
 use crate::offsets::{Offsets, PartKey};
 use crate::outage;
@@ -45,10 +46,14 @@ pub(crate) struct Worker {
     pub(crate) group: Arc<str>,
     pub(crate) routes: HashMap<String, Arc<RouteEntry>>,
     pub(crate) pool: Option<PgPool>,
-    pub(crate) producer: FutureProducer,
+    pub(crate) forwarder: Arc<Forwarder>,
     pub(crate) offsets: Arc<Offsets>,
     pub(crate) progress: Arc<Notify>,
     pub(crate) metrics: ConsumerMetrics,
+    /// Cancelled when a copy can never be forwarded: the poll loop stops the consumer.
+    pub(crate) halt: CancellationToken,
+    /// Why it halted (the first such error).
+    pub(crate) halted: std::sync::Mutex<Option<ForwardError>>,
 }
 
 /// One lane: handles its messages in order until its partition is revoked or the consumer
@@ -319,36 +324,83 @@ impl Worker {
     }
 
     /// Copies `msg` to retry tier `retry.0` due after `retry.1`, or without `retry` to the
-    /// dead-letter topic of `base`, and counts the outcome.
+    /// dead-letter topic of `base`, and counts the outcome. A retry copy too large to carry
+    /// its payload is dead-lettered instead; a copy that cannot be forwarded at all halts the
+    /// consumer (the message stays uncommitted).
     async fn forward_failure(
         &self,
         msg: &OwnedMessage,
         base: &str,
-        retry: Option<(usize, std::time::Duration)>,
+        mut retry: Option<(usize, std::time::Duration)>,
         mut failure: Failure<'_>,
         started: Instant,
         token: &CancellationToken,
     ) -> (Outcome, Option<ErrorKind>) {
         let kind = failure.kind;
-        let (target, label);
-        (target, failure.not_before, label) = match retry {
-            Some((tier, delay)) => (
-                retry_topic(base, tier),
-                chrono::Duration::from_std(delay)
-                    .ok()
-                    .and_then(|d| Utc::now().checked_add_signed(d)),
-                outcome::RETRIED,
-            ),
-            None => (dlq_topic(base), None, outcome::DEAD_LETTERED),
-        };
-        let (publish, trace_headers) = trace::forward_span(&target);
-        let headers = forward::copy_headers(msg, &self.group, &failure, trace_headers.as_ref());
-        if !forward::forward(&self.producer, msg, &target, headers, token)
-            .instrument(publish)
-            .await
-        {
+        loop {
+            let (target, smallest);
+            (target, failure.not_before, smallest) = match retry {
+                Some((tier, delay)) => (
+                    retry_topic(base, tier),
+                    chrono::Duration::from_std(delay)
+                        .ok()
+                        .and_then(|d| Utc::now().checked_add_signed(d)),
+                    // A retry copy must carry its payload to the handler.
+                    Stage::BriefDiagnostics,
+                ),
+                None => (dlq_topic(base), None, Stage::PayloadOmitted),
+            };
+            let (publish, trace_headers) = trace::forward_span(&target);
+            let build = |stage| {
+                let headers = forward::copy_headers(
+                    msg,
+                    &self.group,
+                    &failure,
+                    trace_headers.as_ref(),
+                    stage,
+                );
+                let value = forward::copy_value(msg, &headers, stage);
+                (headers, value)
+            };
+            let sent = self
+                .forwarder
+                .send(msg, &target, build, smallest, token)
+                .instrument(publish)
+                .await;
+            let error = match sent {
+                Ok(stage) => {
+                    if stage == Stage::PayloadOmitted {
+                        tracing::warn!(topic = msg.topic(), partition = msg.partition(),
+                            offset = msg.offset(), dlq = %target,
+                            "dead-lettered without its payload (too large); the copy refers to \
+                             the original's coordinates");
+                    }
+                    break;
+                }
+                Err(Stop::Cancelled) => return (Outcome::Abandoned, Some(kind)),
+                Err(Stop::TooLarge(e)) if retry.is_some() => {
+                    tracing::warn!(topic = msg.topic(), partition = msg.partition(),
+                        offset = msg.offset(), retry = %target, error = %e,
+                        "the retry copy is too large even with brief diagnostics; dead-lettering");
+                    retry = None;
+                    continue;
+                }
+                Err(Stop::TooLarge(e) | Stop::Unwritable(e)) => e,
+            };
+            let error = ForwardError {
+                topic: target,
+                origin: format!("{}/{}@{}", msg.topic(), msg.partition(), msg.offset()),
+                cause: error,
+            };
+            tracing::error!(error = %error, "a copy cannot be forwarded; stopping the consumer");
+            self.halt_with(error);
             return (Outcome::Abandoned, Some(kind));
         }
+        let label = if retry.is_some() {
+            outcome::RETRIED
+        } else {
+            outcome::DEAD_LETTERED
+        };
         self.count(base, label, started);
         if label == outcome::DEAD_LETTERED {
             self.metrics
@@ -359,6 +411,18 @@ impl Worker {
         } else {
             (Outcome::Retried, Some(kind))
         }
+    }
+
+    /// Records why the consumer must stop (the first reason wins) and tells the poll loop.
+    fn halt_with(&self, error: ForwardError) {
+        let mut halted = self
+            .halted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if halted.is_none() {
+            *halted = Some(error);
+        }
+        self.halt.cancel();
     }
 
     fn count(&self, topic: &str, outcome: &str, started: Instant) {

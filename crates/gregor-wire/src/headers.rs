@@ -40,6 +40,10 @@ pub const ERROR_MESSAGE: &str = "gregor-error-message";
 pub const FIRST_FAILURE_AT: &str = "gregor-first-failure-at";
 /// On retry copies: when the retry is due (RFC 3339, millisecond precision).
 pub const NOT_BEFORE: &str = "gregor-not-before";
+/// On dead-letter copies too large to carry their payload: `too-large`. The value of such a
+/// copy is a JSON reference to the original coordinates, not the payload, so replay refuses
+/// it (the original is read from those coordinates while the topic retains it).
+pub const PAYLOAD_OMITTED: &str = "gregor-payload-omitted";
 /// On replayed copies: when `gregor dlq replay` republished it (RFC 3339).
 pub const REPLAYED_AT: &str = "gregor-replayed-at";
 
@@ -55,6 +59,7 @@ pub const DIAGNOSTIC_HEADERS: &[&str] = &[
     ERROR_MESSAGE,
     FIRST_FAILURE_AT,
     NOT_BEFORE,
+    PAYLOAD_OMITTED,
 ];
 
 /// Longest error message carried in [`ERROR_MESSAGE`], in bytes.

@@ -81,20 +81,30 @@ fn read_first(bootstrap: &str, topic: &str) -> (HashMap<String, String>, Option<
 }
 
 fn worker_without_routes(bootstrap: &str, group: &str) -> Worker {
-    let producer: FutureProducer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()
-        .unwrap();
+        .set("acks", "all");
+    let metrics = ConsumerMetrics::new().unwrap();
+    let forwarder = Forwarder::new(
+        config,
+        None,
+        metrics.producer_rebuilds.clone(),
+        metrics.forward_failures.clone(),
+        gregor_telemetry::health::Check::default(),
+    )
+    .unwrap();
     Worker {
         group: Arc::from(group),
         routes: HashMap::new(),
         pool: None,
-        producer,
+        forwarder: Arc::new(forwarder),
         offsets: Arc::new(Offsets::default()),
         progress: Arc::new(Notify::new()),
-        metrics: ConsumerMetrics::new().unwrap(),
+        metrics,
+        halt: CancellationToken::new(),
+        halted: std::sync::Mutex::new(None),
     }
 }
 
@@ -141,5 +151,56 @@ async fn a_message_from_a_topic_without_a_route_is_dead_lettered_as_permanent() 
     assert!(
         message.contains("no route for topic") && message.contains(&stray),
         "a clear message: {message}"
+    );
+}
+
+/// A forwarding producer in librdkafka's fatal state is rebuilt and the copy still arrives
+/// (issue 14, defect 4). A real broker cannot make an idempotent producer fatal on demand:
+/// librdkafka's mock cluster answers the first produce request with
+/// OUT_OF_ORDER_SEQUENCE_NUMBER, which for the head-of-line request is a sequence
+/// desynchronisation that librdkafka makes fatal (rdkafka_request.c).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_forwarding_producer_is_rebuilt_and_the_copy_arrives() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let mock = MockCluster::new(1).unwrap();
+    let stray = unique("fatal");
+    let dlq = dlq_topic(&stray);
+    mock.create_topic(&dlq, 1, 1).unwrap();
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let bootstrap = mock.bootstrap_servers();
+    let worker = worker_without_routes(&bootstrap, "g-fatal");
+    let msg = OwnedMessage::new(
+        Some(b"payload".to_vec()),
+        Some(b"key-1".to_vec()),
+        stray.clone(),
+        Timestamp::CreateTime(1_700_000_000_000),
+        0,
+        7,
+        None,
+    );
+    let token = CancellationToken::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), worker.process(&msg, &token))
+        .await
+        .expect("the copy was not forwarded within 60 s: the fatal producer was never rebuilt");
+    assert_eq!(outcome, Outcome::DeadLettered);
+    assert_eq!(worker.metrics.producer_rebuilds.get(), 1, "rebuilt once");
+    assert!(
+        worker
+            .metrics
+            .forward_failures
+            .with_label_values(&["producer"])
+            .get()
+            >= 1
+    );
+    let (headers, payload) = read_first(&bootstrap, &dlq);
+    assert_eq!(payload.as_deref(), Some(&b"payload"[..]));
+    assert_eq!(
+        headers.get(h::ORIGINAL_OFFSET).map(String::as_str),
+        Some("7")
     );
 }
