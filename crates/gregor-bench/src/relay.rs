@@ -192,7 +192,23 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
         .execute(&db.pool)
         .await?;
 
-    let (p50, p99, bare_p50, bare_p99) = latency(&db, &bootstrap, &relay_bin, &o).await?;
+    let (p50, p99, bare_p50, bare_p99) = latency(&db, &bootstrap, &relay_bin, &o, false).await?;
+    let (roll_p50, roll_p99, _, _) = latency(&db, &bootstrap, &relay_bin, &o, true).await?;
+    emit(
+        "relay_latency_p99_rolling_restart",
+        roll_p99,
+        "ms",
+        250.0,
+        &[
+            ("p50_ms", json!(roll_p50)),
+            ("baseline_kind", json!("target")),
+            ("rate", json!(o.rate)),
+            (
+                "measures",
+                json!("commit → consumer receipt while each of 2 replicas is restarted once"),
+            ),
+        ],
+    );
     emit(
         "relay_latency_p99",
         p99,
@@ -202,7 +218,7 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
             ("p50_ms", json!(p50)),
             ("baseline_p50_ms", json!(bare_p50)),
             ("rate", json!(o.rate)),
-            ("target_ms", json!(25)),
+            ("target_ms", json!(20)),
             (
                 "measures",
                 json!(
@@ -537,11 +553,17 @@ async fn latency(
     bootstrap: &str,
     bin: &PathBuf,
     o: &Options,
+    rolling: bool,
 ) -> anyhow::Result<(f64, f64, f64, f64)> {
     let topic = unique_name("bench-latency");
     kafka::create_topic_on(bootstrap, &topic, o.partitions).await?;
     reset_leases(&db.pool).await?;
-    let relay = spawn_relay(bin, db, bootstrap, "bench-latency", &[])?;
+    // With `rolling`, two replicas share the shards and each is restarted once while the load
+    // runs (SIGTERM, then a new process), as a rolling deploy does.
+    let mut relays = vec![spawn_relay(bin, db, bootstrap, "bench-latency-a", &[])?];
+    if rolling {
+        relays.push(spawn_relay(bin, db, bootstrap, "bench-latency-b", &[])?);
+    }
     let pool = &db.pool;
     poll(
         Duration::from_secs(30),
@@ -605,11 +627,33 @@ async fn latency(
             anyhow::Ok(())
         }));
     }
+    let restarts = if rolling {
+        let (bin, db, bootstrap) = (bin.clone(), db.clone(), bootstrap.to_owned());
+        let third = Duration::from_secs(o.seconds) / 3;
+        let mut old: Vec<RelayProc> = std::mem::take(&mut relays);
+        Some(tokio::spawn(async move {
+            let mut fresh = Vec::new();
+            for name in ["bench-latency-a2", "bench-latency-b2"] {
+                tokio::time::sleep(third).await;
+                let stopping = old.remove(0);
+                tokio::task::spawn_blocking(move || stopping.stop()).await?;
+                fresh.push(spawn_relay(&bin, &db, &bootstrap, name, &[])?);
+            }
+            anyhow::Ok(fresh)
+        }))
+    } else {
+        None
+    };
     for t in tasks {
         t.await??;
     }
     let mut samples = reader.await??;
-    relay.stop();
+    if let Some(restarts) = restarts {
+        relays = restarts.await??;
+    }
+    for relay in relays {
+        relay.stop();
+    }
     let p50 = quantile(&mut samples, 500);
     let p99 = quantile(&mut samples, 990);
 
