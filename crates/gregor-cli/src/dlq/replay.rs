@@ -115,7 +115,14 @@ fn plan(
 ) -> anyhow::Result<Vec<Planned>> {
     let mut plan = Vec::new();
     let mut homeless = Vec::new();
+    let mut stubs = Vec::new();
     for msg in messages.into_iter().filter(|m| filter.matches(m)) {
+        // A copy too large to carry its payload holds a reference, not the event: never
+        // republish it as if it were one.
+        if h::get_str(msg.headers(), h::PAYLOAD_OMITTED).is_some() {
+            stubs.push(stub_reference(&msg));
+            continue;
+        }
         let dest = to
             .map(str::to_owned)
             .or_else(|| h::get_str(msg.headers(), h::ORIGINAL_TOPIC).map(str::to_owned))
@@ -132,6 +139,15 @@ fn plan(
             None => homeless.push(format!("{}/{}", msg.partition(), msg.offset())),
         }
     }
+    if !stubs.is_empty() {
+        bail!(
+            "nothing replayed: message(s) {} of {topic} were dead-lettered without their payload \
+             ({} header: the copy was too large); republish the original from the coordinates \
+             named, or leave these messages out with --key or --since",
+            stubs.join(", "),
+            h::PAYLOAD_OMITTED
+        );
+    }
     if !homeless.is_empty() {
         bail!(
             "nothing replayed: message(s) at {topic} partition/offset {} have no {} header; \
@@ -141,6 +157,20 @@ fn plan(
         );
     }
     Ok(plan)
+}
+
+/// `<partition>/<offset> (original <topic>/<partition>@<offset>)` of a copy without its payload.
+fn stub_reference(msg: &OwnedMessage) -> String {
+    let original = |name: &str| h::get_str(msg.headers(), name).unwrap_or("?");
+    shown(&format!(
+        "{}/{} (original {}/{}@{})",
+        msg.partition(),
+        msg.offset(),
+        original(h::ORIGINAL_TOPIC),
+        original(h::ORIGINAL_PARTITION),
+        original(h::ORIGINAL_OFFSET)
+    ))
+    .to_string()
 }
 
 /// The original headers in order, minus the consumer's diagnostics (and any earlier replay
@@ -373,5 +403,61 @@ mod tests {
         ]);
         let kafka = KafkaSettings::from_env(&env).unwrap();
         assert!(check_producer_settings(&kafka).is_err());
+    }
+
+    #[test]
+    fn copies_without_their_payload_are_refused_before_anything_is_published() {
+        let copy = |offset: i64, omitted: bool| {
+            let mut headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: h::ORIGINAL_TOPIC,
+                    value: Some("orders"),
+                })
+                .insert(Header {
+                    key: h::ORIGINAL_PARTITION,
+                    value: Some("2"),
+                })
+                .insert(Header {
+                    key: h::ORIGINAL_OFFSET,
+                    value: Some("41"),
+                });
+            if omitted {
+                headers = headers.insert(Header {
+                    key: h::PAYLOAD_OMITTED,
+                    value: Some("too-large"),
+                });
+            }
+            OwnedMessage::new(
+                Some(b"{\"gregor-payload-omitted\":\"too-large\"}".to_vec()),
+                Some(b"k".to_vec()),
+                "orders.dlq".into(),
+                rdkafka::Timestamp::CreateTime(1000),
+                0,
+                offset,
+                Some(headers),
+            )
+        };
+        let error = plan(
+            "orders.dlq",
+            vec![copy(0, false), copy(1, true)],
+            None,
+            &Filter::default(),
+            "now",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(error.starts_with("nothing replayed"), "{error}");
+        assert!(error.contains("0/1 (original orders/2@41)"), "{error}");
+        assert!(error.contains(h::PAYLOAD_OMITTED), "{error}");
+        let ok = plan(
+            "orders.dlq",
+            vec![copy(0, false)],
+            None,
+            &Filter::default(),
+            "now",
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 1);
     }
 }
