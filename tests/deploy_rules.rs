@@ -29,6 +29,8 @@ const METRICS: &[&str] = &[
     "gregor_consumer_in_flight",
     "gregor_consumer_paused_partitions",
     "gregor_consumer_assigned_partitions",
+    "gregor_consumer_forward_failures_total",
+    "gregor_consumer_producer_rebuilds_total",
     "gregor_dlq_depth",
 ];
 
