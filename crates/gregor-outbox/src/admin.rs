@@ -81,22 +81,25 @@ pub enum Requeue {
 
 /// Un-parks rows (attempts reset) so the relay publishes them again, in id order with the
 /// rest of their key: the rows their key queued behind them are released too, and running
-/// relays restart their scan from the oldest row (see ADR 0003). Returns how many parked rows
-/// were requeued.
+/// relays restart their scan from the oldest row (see ADR 0003; the release and the restart
+/// signal are done by a trigger, so an operator's own `UPDATE` or `DELETE` of a parked row
+/// releases its held rows as well). Returns how many parked rows were requeued.
 pub async fn requeue(pool: &PgPool, which: &Requeue) -> Result<u64, OutboxError> {
     let (ids, all) = match which {
         Requeue::Ids(ids) => (ids.clone(), false),
         Requeue::All => (Vec::new(), true),
     };
     let mut tx = pool.begin().await?;
-    // Each statement below must see what committed before it started (a relay holding rows
-    // behind one of these parked rows): read committed, whatever the session default.
+    // The trigger `gregor_outbox_unparked` (migration 2) runs inside this statement for each
+    // row: it releases the rows the parked row holds and bumps the requeue generation. Its
+    // statements must see what committed before they run (a relay holding rows behind one of
+    // these parked rows): read committed, whatever the session default.
     sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         .execute(&mut *tx)
         .await?;
     // Un-parking takes the parked rows' locks: a relay holding rows behind one of them holds
-    // a share lock on it until it commits, so every hold is either committed before this
-    // (and released below) or sees the row un-parked and holds nothing.
+    // a share lock on it until it commits, so every hold is either committed before the
+    // trigger runs (and released by it) or sees the row un-parked and holds nothing.
     let requeued: Vec<i64> = sqlx::query_scalar(
         "UPDATE gregor_outbox SET parked_at = NULL, attempts = 0
           WHERE parked_at IS NOT NULL AND ($2 OR id = ANY($1))
@@ -110,13 +113,6 @@ pub async fn requeue(pool: &PgPool, which: &Requeue) -> Result<u64, OutboxError>
         tx.rollback().await?;
         return Ok(0);
     }
-    sqlx::query("UPDATE gregor_outbox SET held_by = NULL WHERE held_by = ANY($1)")
-        .bind(&requeued)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE gregor_outbox_requeues SET generation = generation + 1")
-        .execute(&mut *tx)
-        .await?;
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(crate::NOTIFY_CHANNEL)
         .execute(&mut *tx)
