@@ -1,6 +1,7 @@
 //! A parked row blocks only its own key, whatever the number of rows queued behind it, and a
 //! requeued row goes out before every later row of its key — even when the requeue lands in
-//! the middle of a scan pass (issue 13, defects 1 and 2).
+//! the middle of a scan pass or while the relay is idle; deleting a parked row releases the
+//! rows it held (issue 13, defects 1 and 2, and the review of their fix).
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
@@ -145,5 +146,86 @@ async fn a_row_requeued_mid_pass_goes_out_before_later_rows_of_its_key() -> anyh
         ["first", "second", "third"],
         "the key's order survives"
     );
+    relay.stop().await
+}
+
+/// Rows of `key` held behind a parked row.
+async fn held(db: &TestDb, key: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM gregor_outbox WHERE key = $1 AND held_by IS NOT NULL",
+    )
+    .bind(key.as_bytes())
+    .fetch_one(&db.pool)
+    .await?)
+}
+
+/// A parked row and `behind` rows of its key queued after it, then a relay holding them.
+async fn parked_key_with_held_rows(
+    db: &TestDb,
+    topic: &str,
+    key: &str,
+    behind: usize,
+) -> anyhow::Result<(i64, InProcessRelay)> {
+    let poison = insert_poison(db, key).await?;
+    sqlx::query("UPDATE gregor_outbox SET parked_at = now(), attempts = 1 WHERE id = $1")
+        .bind(poison)
+        .execute(&db.pool)
+        .await?;
+    enqueue_key(db, topic, key, "behind", behind).await?;
+    let relay = InProcessRelay::start(&db.url, &kafka_bootstrap()?, &[])?;
+    let want = i64::try_from(behind)?;
+    wait_until(
+        WAIT,
+        "the rows behind the parked row to be held",
+        || async { Ok((held(db, key).await? == want).then_some(())) },
+    )
+    .await?;
+    Ok((poison, relay))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_parked_row_as_the_runbook_says_releases_the_rows_it_held() -> anyhow::Result<()>
+{
+    let db = TestDb::create("parkeddelete").await?;
+    let topic = unique_name("parkeddelete");
+    kafka::create_topic(&topic, 3).await?;
+    let (poison, relay) = parked_key_with_held_rows(&db, &topic, "order-9", 5).await?;
+
+    // docs/runbooks.md: an event that must never be published is deleted.
+    sqlx::query("DELETE FROM gregor_outbox WHERE id = $1 AND parked_at IS NOT NULL")
+        .bind(poison)
+        .execute(&db.pool)
+        .await?;
+    let got = kafka::read_topic(&topic, 5, WAIT).await?;
+    let mut sorted = got;
+    sorted.sort_by_key(|m| m.offset);
+    let payloads: Vec<_> = sorted
+        .iter()
+        .filter_map(|m| m.payload.clone())
+        .map(String::from_utf8)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(payloads, ["0", "1", "2", "3", "4"], "in their order");
+    relay.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requeue_while_the_relay_is_idle_is_published_in_order() -> anyhow::Result<()> {
+    let db = TestDb::create("requeueidle").await?;
+    let topic = unique_name("requeueidle");
+    kafka::create_topic(&topic, 3).await?;
+    let (poison, relay) = parked_key_with_held_rows(&db, &topic, "order-3", 3).await?;
+
+    // The cause is removed and the row requeued; nothing else is written afterwards.
+    sqlx::query("UPDATE gregor_outbox SET topic = $1, event_type = 'first' WHERE id = $2")
+        .bind(&topic)
+        .bind(poison)
+        .execute(&db.pool)
+        .await?;
+    gregor_outbox::requeue(&db.pool, &Requeue::Ids(vec![poison])).await?;
+    let got = kafka::read_topic(&topic, 4, WAIT).await?;
+    let mut sorted = got;
+    sorted.sort_by_key(|m| m.offset);
+    let types: Vec<_> = sorted.iter().filter_map(|m| m.header("ce_type")).collect();
+    assert_eq!(types, ["first", "behind", "behind", "behind"]);
     relay.stop().await
 }

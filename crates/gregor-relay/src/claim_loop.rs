@@ -137,7 +137,8 @@ impl Pass {
 
 impl ClaimLoop {
     /// Runs until `cancel`; the batch in flight then gets `shutdown_timeout` to finish.
-    pub(crate) async fn run(&self, cancel: &CancellationToken) {
+    /// Returns `false` when it stopped with records still in the producer.
+    pub(crate) async fn run(&self, cancel: &CancellationToken) -> bool {
         let mut pass = Pass::new(Vec::new(), self.leases.version());
         let mut backoff = Backoff::default();
         let batch = i64::from(self.config.batch_size);
@@ -200,6 +201,10 @@ impl ClaimLoop {
                 if !keep {
                     pass.leave_behind(row.id);
                     pass.restart_now = true;
+                    // A renewal may land before the next row of this key is checked.
+                    if let Some(key) = &row.key {
+                        pass.blocked.insert(key.clone());
+                    }
                 }
                 keep
             });
@@ -223,10 +228,11 @@ impl ClaimLoop {
                 tracing::warn!(
                     "shutdown timeout reached with publishes in flight; rows stay in the outbox"
                 );
-                return;
+                return false;
             };
             self.settle(outcome, &mut pass, cancel).await;
         }
+        true
     }
 
     /// Holds the rows queued behind parked rows; any it could not hold stay behind.
@@ -299,6 +305,8 @@ impl ClaimLoop {
                         if let Some(first) = acked.iter().min() {
                             pass.leave_behind(*first);
                         }
+                        // Later rows of these keys must not go out before their republication.
+                        pass.restart_now = true;
                     }
                     break;
                 }
@@ -309,6 +317,7 @@ impl ClaimLoop {
                         if let Some(first) = acked.iter().min() {
                             pass.leave_behind(*first);
                         }
+                        pass.restart_now = true;
                         break;
                     }
                     tracing::warn!(error = %e, "deleting published rows failed; retrying");

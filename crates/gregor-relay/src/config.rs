@@ -202,8 +202,8 @@ impl RelayConfig {
 
 impl RelayConfig {
     /// The longest a record handed to the producer can take to be acknowledged or failed
-    /// (`message.timeout.ms`, which the relay also uses as `request.timeout.ms`): 40 % of the
-    /// lease ttl unless `KAFKA_MESSAGE_TIMEOUT_MS` says less.
+    /// (`message.timeout.ms`, which the relay also uses as `request.timeout.ms`): 30 % of the
+    /// lease ttl unless `KAFKA_MESSAGE_TIMEOUT_MS` says otherwise (at most 40 %).
     pub fn delivery_bound(&self) -> Duration {
         Duration::from_millis(
             self.delivery_bound_ms()
@@ -215,22 +215,29 @@ impl RelayConfig {
         u64::try_from(self.lease_ttl.as_millis() * 2 / 5).unwrap_or(u64::MAX)
     }
 
+    fn default_delivery_bound_ms(&self) -> u64 {
+        u64::try_from(self.lease_ttl.as_millis() * 3 / 10).unwrap_or(u64::MAX)
+    }
+
+    /// The explicit delivery timeout, the larger one if both aliases are set (librdkafka keeps
+    /// whichever it applied last; the fence must assume the longer).
     fn delivery_bound_ms(&self) -> Result<u64, ConfigError> {
-        let explicit = ["message.timeout.ms", "delivery.timeout.ms"]
-            .into_iter()
-            .find_map(|p| self.kafka.property(p).map(|v| (p, v)));
-        match explicit {
-            Some((property, v)) => v.trim().parse().map_err(|_| {
-                ConfigError::invalid(
-                    self.kafka
-                        .source_of(property)
-                        .unwrap_or(property)
-                        .to_owned(),
-                    "must be a whole number of milliseconds",
-                )
-            }),
-            None => Ok(self.max_delivery_bound_ms()),
+        let mut bound: Option<u64> = None;
+        for property in ["message.timeout.ms", "delivery.timeout.ms"] {
+            if let Some(v) = self.kafka.property(property) {
+                let ms: u64 = v.trim().parse().map_err(|_| {
+                    ConfigError::invalid(
+                        self.kafka
+                            .source_of(property)
+                            .unwrap_or(property)
+                            .to_owned(),
+                        "must be a whole number of milliseconds",
+                    )
+                })?;
+                bound = Some(bound.map_or(ms, |b| b.max(ms)));
+            }
         }
+        Ok(bound.unwrap_or_else(|| self.default_delivery_bound_ms()))
     }
 }
 

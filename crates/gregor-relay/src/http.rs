@@ -71,7 +71,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_needs_database_broker_and_membership() {
+    fn ready_needs_database_broker_membership_and_a_working_producer() {
         let checks = Checks::default();
         checks.database.set(true);
         checks.broker.set(true);
@@ -80,8 +80,10 @@ mod tests {
         assert!(checks.readiness.is_ready());
         assert_eq!(
             checks.readiness.report(),
-            "database: up\nbroker: up\nmembership: up\n"
+            "database: up\nbroker: up\nmembership: up\nproducer: up\n"
         );
+        checks.producer.set(false);
+        assert!(!checks.readiness.is_ready(), "a producer that cannot be rebuilt");
     }
 
     #[tokio::test]

@@ -28,6 +28,10 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// How long after its `message.timeout.ms` librdkafka may still send a record: its timeout
+/// scan runs once a second, and a batch may take a record up to 100 ms past its timeout.
+const TIMEOUT_SCAN_SLACK: Duration = Duration::from_millis(1200);
+
 /// The channel on which relays announce released shards and new members.
 pub(crate) const LEASES_CHANNEL: &str = "gregor_relay_leases";
 
@@ -112,10 +116,14 @@ impl Leases {
     /// failed before the lease deadline, given that the producer gives up on a record after
     /// `delivery_bound`: the per-record fence against a paused old owner.
     pub(crate) fn may_hand_over(&self, shard: i16, delivery_bound: Duration) -> bool {
-        let now = Instant::now();
+        // The lease can pass to another relay only once the database's `expires_at` is past,
+        // which is at least `margin` after the local deadline. librdkafka scans for timed-out
+        // records once a second and may still send one up to 100 ms past its timeout.
+        let last_send = Instant::now() + delivery_bound + TIMEOUT_SCAN_SLACK;
+        let margin = self.margin();
         self.lock()
             .get(&shard)
-            .is_some_and(|h| !h.releasing && h.deadline > now + delivery_bound)
+            .is_some_and(|h| !h.releasing && h.deadline + margin > last_send)
     }
 
     /// Number of leases held (for metrics).
@@ -313,6 +321,17 @@ impl Leases {
         drop(map);
         tracing::info!(?shards, "released shard leases");
         self.bump();
+        Ok(())
+    }
+
+    /// Leaves the membership table but keeps the leases until they expire: for a shutdown
+    /// with records still in the producer, which could otherwise reach the broker after a new
+    /// owner's.
+    pub(crate) async fn leave_without_release(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM gregor_relay_members WHERE relay_id = $1")
+            .bind(self.relay_id)
+            .execute(pool)
+            .await?;
         Ok(())
     }
 

@@ -181,7 +181,7 @@ impl Relay {
             metrics: self.metrics.clone(),
             wake,
         };
-        claim.run(&stop).await;
+        let drained = claim.run(&stop).await;
 
         tracing::info!("relay stopping: releasing leases");
         self.publisher.flush(Duration::from_secs(1));
@@ -189,7 +189,15 @@ impl Relay {
         for task in tasks {
             let _ = task.await;
         }
-        if let Err(e) = self.leases.leave(&self.pool).await {
+        let left = if drained {
+            self.leases.leave(&self.pool).await
+        } else {
+            // Records may still leave the producer: releasing now would let a new owner
+            // publish a key's later rows first. The leases expire after the ttl instead.
+            tracing::warn!("stopping with records in flight: leases are left to expire");
+            self.leases.leave_without_release(&self.pool).await
+        };
+        if let Err(e) = left {
             tracing::warn!(error = %e, "could not release leases at shutdown; they expire after the lease ttl");
         }
         self.pool.close().await;

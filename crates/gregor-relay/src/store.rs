@@ -35,7 +35,7 @@ pub(crate) struct Claimed {
     pub(crate) last_id: Option<i64>,
     /// The claim snapshot's in-progress transactions; `None` when no row came back.
     pub(crate) in_progress: Option<InProgress>,
-    /// The requeue generation in the claim's snapshot; `None` when no row came back.
+    /// The requeue generation: in the claim's snapshot, or read right after an empty claim.
     pub(crate) generation: Option<i64>,
 }
 
@@ -123,7 +123,8 @@ pub(crate) fn claim_sql(shards: &[i16]) -> String {
          SELECT o.*, snap.in_progress, snap.xmax, coalesce(snap.generation, 0) AS generation,
                 CASE WHEN o.key IS NOT NULL THEN
                      (SELECT min(p.id) FROM gregor_outbox p
-                       WHERE p.parked_at IS NOT NULL AND p.key = o.key AND p.id < o.id)
+                       WHERE p.parked_at IS NOT NULL AND sha256(p.key) = sha256(o.key)
+                         AND p.key = o.key AND p.id < o.id)
                 END AS blocker
            FROM candidates o, snap
           ORDER BY o.id"
@@ -175,6 +176,16 @@ pub(crate) async fn claim(
             Some(parked) => claimed.blocked.push((r.row.id, parked)),
             None => claimed.rows.push(r.row),
         }
+    }
+    if claimed.generation.is_none() {
+        // Nothing came back, so the snapshot's facts did not either: a requeue of rows below
+        // the scan position must still be seen while the relay is otherwise idle.
+        claimed.generation = Some(
+            sqlx::query_scalar("SELECT generation FROM gregor_outbox_requeues")
+                .fetch_optional(pool)
+                .await?
+                .unwrap_or(0),
+        );
     }
     Ok(claimed)
 }
