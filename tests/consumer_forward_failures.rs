@@ -177,3 +177,54 @@ async fn a_dead_letter_topic_that_refuses_writes_stops_the_consumer_naming_it() 
     assert!(forward_failures(&metrics, "unwritable") >= 1.0);
     Ok(())
 }
+
+/// A retry copy must carry its payload to the handler: one too large even with brief
+/// diagnostics is dead-lettered (without its payload) instead of blocking the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_copy_too_large_is_dead_lettered_instead() -> anyhow::Result<()> {
+    let topic = unique_name("fwd-retry-large");
+    kafka::create_topic_family(&topic, 1, 1).await?;
+    let config = consumer_config(
+        &unique_name("g"),
+        None,
+        &[
+            ("GREGOR_CONSUMER_IN_PLACE_ATTEMPTS", "1"),
+            ("GREGOR_CONSUMER_RETRY_TIERS", "100ms"),
+            ("KAFKA_MESSAGE_MAX_BYTES", "4000"),
+        ],
+    )?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = Consumer::builder(config)
+        .route(&topic, Raw, handler(seen.clone()))
+        .build()
+        .await?;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(shutdown.clone()));
+    kafka::produce(
+        &topic,
+        vec![
+            Record::new("big", vec![b'x'; 3950]).header(h::CE_ID, "id-big"),
+            Record::new("after", "small").header(h::CE_ID, "id-after"),
+        ],
+    )
+    .await?;
+    let copies = kafka::read_topic(&format!("{topic}.dlq"), 1, WAIT).await?;
+    assert_eq!(
+        copies[0].header(h::PAYLOAD_OMITTED).as_deref(),
+        Some("too-large")
+    );
+    assert_eq!(copies[0].header(h::ATTEMPT).as_deref(), Some("1"));
+    wait_until(WAIT, "the next message of the partition", || async {
+        Ok(seen
+            .lock()
+            .unwrap()
+            .contains(&"after".to_owned())
+            .then_some(()))
+    })
+    .await?;
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, running).await???;
+    let retried = kafka::read_to_end(&format!("{topic}.retry.1"), Duration::from_secs(5)).await?;
+    assert!(retried.is_empty(), "no stub on the retry tier: {retried:?}");
+    Ok(())
+}
