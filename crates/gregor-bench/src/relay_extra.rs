@@ -68,10 +68,22 @@ pub(crate) async fn hand_rolled_drain(
             if let Some(p) = payload {
                 record = record.payload(p.as_slice());
             }
-            pending.push(producer.send(record, Duration::from_secs(30)));
+            // Hand over at once (as the relay does); wait for queue space when it is full.
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    Err((_, back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
         }
         for p in pending {
-            p.await.map_err(|(e, _)| e)?;
+            p.await?.map_err(|(e, _)| e)?;
         }
         tx.commit().await?;
         drained += rows.len() as u64;
