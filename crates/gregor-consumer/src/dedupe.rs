@@ -28,25 +28,22 @@ pub async fn migrate(pool: &PgPool) -> Result<(), gregor_outbox::OutboxError> {
 }
 
 /// The default dedupe key: the `ce_id` header, else the message's original coordinates
-/// (`topic/partition/offset`, from the `gregor-original-*` headers on retried copies).
-pub(crate) fn default_key(msg: &OwnedMessage) -> String {
-    let h = msg.headers();
-    if let Some(id) = headers::get_str(h, headers::CE_ID) {
+/// (`topic/partition/offset`): the `gregor-original-*` headers only on this group's own
+/// retry/DLQ copies ([`crate::origin::trusted`]), else the message's own coordinates.
+pub(crate) fn default_key(msg: &OwnedMessage, group: &str) -> String {
+    if let Some(id) = headers::get_str(msg.headers(), headers::CE_ID) {
         return id.to_owned();
     }
-    match (
-        headers::get_str(h, headers::ORIGINAL_TOPIC),
-        headers::get_str(h, headers::ORIGINAL_PARTITION),
-        headers::get_str(h, headers::ORIGINAL_OFFSET),
-    ) {
-        (Some(t), Some(p), Some(o)) => format!("{t}/{p}/{o}"),
-        _ => format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset()),
-    }
+    crate::origin::of(msg, group).key()
 }
 
 /// The dedupe key of `msg`: the route's extractor (a panicking extractor falls back to the
 /// default rather than killing the lane), else [`default_key`].
-pub(crate) fn key_of(custom: Option<&crate::DedupeKeyFn>, msg: &OwnedMessage) -> String {
+pub(crate) fn key_of(
+    custom: Option<&crate::DedupeKeyFn>,
+    msg: &OwnedMessage,
+    group: &str,
+) -> String {
     custom
         .and_then(|f| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(msg))).unwrap_or_else(|_| {
@@ -54,7 +51,7 @@ pub(crate) fn key_of(custom: Option<&crate::DedupeKeyFn>, msg: &OwnedMessage) ->
                 None
             })
         })
-        .unwrap_or_else(|| default_key(msg))
+        .unwrap_or_else(|| default_key(msg, group))
 }
 
 /// Commits the handler's transaction, first checking it is still alive: PostgreSQL aborts a

@@ -77,13 +77,19 @@ pub(crate) fn copy_headers(
 ) -> OwnedHeaders {
     let old = msg.headers();
     let keep = |name: &str| h::get_str(old, name).map(str::to_owned);
-    let original_topic = keep(h::ORIGINAL_TOPIC).unwrap_or_else(|| msg.topic().to_owned());
-    let original_partition =
-        keep(h::ORIGINAL_PARTITION).unwrap_or_else(|| msg.partition().to_string());
-    let original_offset = keep(h::ORIGINAL_OFFSET).unwrap_or_else(|| msg.offset().to_string());
-    let original_timestamp = keep(h::ORIGINAL_TIMESTAMP)
+    // Earlier coordinates count only on this group's own copies (P10); anything else is
+    // forwarded with its own coordinates, as a first failure.
+    let trusted = crate::origin::trusted(msg, group);
+    let carried = |name: &str| trusted.as_ref().and_then(|_| keep(name));
+    let origin = trusted
+        .clone()
+        .unwrap_or_else(|| crate::origin::Origin::own(msg));
+    let original_topic = origin.topic;
+    let original_partition = origin.partition.to_string();
+    let original_offset = origin.offset.to_string();
+    let original_timestamp = carried(h::ORIGINAL_TIMESTAMP)
         .or_else(|| msg.timestamp().to_millis().map(|ms| ms.to_string()));
-    let first_failure = keep(h::FIRST_FAILURE_AT).unwrap_or_else(|| h::format_time(Utc::now()));
+    let first_failure = carried(h::FIRST_FAILURE_AT).unwrap_or_else(|| h::format_time(Utc::now()));
     let brief = stage >= Stage::BriefDiagnostics;
 
     let mut out = OwnedHeaders::new();
@@ -187,6 +193,10 @@ mod tests {
             .insert(Header {
                 key: h::ORIGINAL_OFFSET,
                 value: Some("40"),
+            })
+            .insert(Header {
+                key: h::CONSUMER_GROUP,
+                value: Some("g"),
             });
         let msg = OwnedMessage::new(
             Some(b"v".to_vec()),
@@ -266,10 +276,25 @@ mod tests {
             Timestamp::CreateTime(1000),
             3,
             9,
-            Some(headers.insert(Header {
-                key: h::ORIGINAL_OFFSET,
-                value: Some("41"),
-            })),
+            Some(
+                headers
+                    .insert(Header {
+                        key: h::ORIGINAL_TOPIC,
+                        value: Some("orders"),
+                    })
+                    .insert(Header {
+                        key: h::ORIGINAL_PARTITION,
+                        value: Some("3"),
+                    })
+                    .insert(Header {
+                        key: h::ORIGINAL_OFFSET,
+                        value: Some("41"),
+                    })
+                    .insert(Header {
+                        key: h::CONSUMER_GROUP,
+                        value: Some("g"),
+                    }),
+            ),
         );
         let long = "e".repeat(900);
         let failure = Failure {
@@ -307,7 +332,7 @@ mod tests {
         );
         let value = copy_value(&msg, &stub, Stage::PayloadOmitted).unwrap();
         let reference: serde_json::Value = serde_json::from_slice(&value).unwrap();
-        assert_eq!(reference["topic"], "orders.retry.1");
+        assert_eq!(reference["topic"], "orders");
         assert_eq!(reference["partition"], 3);
         assert_eq!(reference["offset"], 41, "the first hop's coordinates");
         assert_eq!(reference["bytes"], 5000);

@@ -58,6 +58,7 @@ mod forwarder;
 mod metrics;
 mod observe;
 mod offsets;
+mod origin;
 mod outage;
 mod retry_headers;
 mod route;

@@ -178,7 +178,7 @@ impl Worker {
     ) -> Result<Vec<Outcome>, String> {
         let keys: Vec<String> = msgs
             .iter()
-            .map(|m| dedupe::key_of(entry.dedupe_key.as_ref(), m))
+            .map(|m| dedupe::key_of(entry.dedupe_key.as_ref(), m, &self.group))
             .collect();
         let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
         let mut new = dedupe::mark_batch(&mut tx, &self.group, &keys, msgs)
@@ -455,7 +455,7 @@ impl Worker {
                 return entry.route.run(msg, meta, ctx).await.into();
             }
         };
-        let key = dedupe::key_of(entry.dedupe_key.as_ref(), msg);
+        let key = dedupe::key_of(entry.dedupe_key.as_ref(), msg, &self.group);
         // A database that cannot be reached is an outage to wait out, not the message's fault.
         let db_failed = |e: sqlx::Error| {
             if outage::is_database_unreachable(&e) {
