@@ -7,6 +7,8 @@
 
 mod inspect;
 mod replay;
+mod replay_cursor;
+mod replay_id;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,7 +25,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use crate::topics;
 
 /// Fail a read that makes no progress (no message, no end-of-partition) for this long.
-const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DlqCommand {
@@ -42,17 +44,23 @@ pub(crate) enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Republish dead-lettered messages to their original topic (or `--to`).
+    /// Republish dead-lettered messages to the topic their DLQ belongs to (or `--to`).
     ///
-    /// Each message keeps its key, value and headers, including `ce_id`; the diagnostic
-    /// headers the consumer added (`gregor-original-*`, `gregor-attempt`, `gregor-error-*`, …)
-    /// are removed and `gregor-replayed-at` is added. The dead-letter topic itself is left
-    /// unchanged.
+    /// `orders.dlq` is replayed to `orders`; a message whose `gregor-original-topic` names
+    /// another topic (or none) is refused unless `--to` is given, and nothing is published.
+    /// Each message keeps its key, value and headers, including `ce_id`; a message without
+    /// `ce_id` gets one derived from its original coordinates (UUIDv5), the same on every run.
+    /// The diagnostic headers the consumer added (`gregor-original-*`, `gregor-attempt`,
+    /// `gregor-error-*`, …) are removed and `gregor-replayed-at` is added. The dead-letter
+    /// topic itself is left unchanged.
     ///
-    /// Running replay twice is harmless: the consumer's dedupe inbox keys on `ce_id`, so a
-    /// copy whose event was already handled is skipped. Every delivery is awaited with an
-    /// idempotent producer (acks=all); if one fails, the command exits 1 saying how many
-    /// messages were republished.
+    /// Running replay twice is harmless: the position is remembered (consumer group
+    /// `gregor-replay.<dlq>`), so a second run replays only newer dead letters, and a copy
+    /// replayed again (`--from-beginning`) is skipped by the consumer's dedupe inbox by its
+    /// `ce_id`. Runs with `--key` or `--since` do not move the remembered position. Messages
+    /// stream through bounded memory; progress goes to stderr. Every delivery is awaited
+    /// with an idempotent producer (acks=all); if one fails, the command exits 1 saying how
+    /// many messages were republished.
     Replay {
         /// The dead-letter topic, e.g. `orders.dlq`.
         topic: String,
@@ -66,9 +74,13 @@ pub(crate) enum DlqCommand {
         /// 2025-01-31T12:00:00Z); uses `gregor-first-failure-at`, else the message timestamp.
         #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
         since: Option<DateTime<Utc>>,
-        /// List what would be replayed; publish nothing.
+        /// List what would be replayed; publish nothing and remember nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Replay from the beginning of every partition, ignoring the position remembered
+        /// by earlier runs (the consumers' dedupe still applies each event once).
+        #[arg(long)]
+        from_beginning: bool,
     },
 }
 
@@ -87,9 +99,16 @@ pub(crate) async fn run(cmd: DlqCommand) -> anyhow::Result<()> {
             key,
             since,
             dry_run,
+            from_beginning,
         } => {
-            let filter = replay::Filter { key, since };
-            replay::run(&topic, to.as_deref(), &filter, dry_run).await
+            replay::run(replay::Request {
+                topic,
+                to,
+                filter: replay::Filter { key, since },
+                dry_run,
+                from_beginning,
+            })
+            .await
         }
     }
 }
@@ -199,7 +218,7 @@ where
     Ok(out.into_iter().map(|(_, _, t)| t).collect())
 }
 
-fn fatal_for_read(code: RDKafkaErrorCode) -> bool {
+pub(crate) fn fatal_for_read(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode as C;
     matches!(
         code,
