@@ -12,7 +12,9 @@ use std::error::Error;
 /// failed): an I/O error (connection refused, reset, broken pipe), a TLS failure, the pool's
 /// acquire timeout, a closed pool, a crashed connection worker, or a server error of SQLSTATE
 /// class `08` (connection exception) or `57P0x` (`admin_shutdown`, `crash_shutdown`,
-/// `cannot_connect_now`, …), or `53300` (`too_many_connections`).
+/// `cannot_connect_now`, …), `53300` (`too_many_connections`), or `25006`
+/// (`read_only_sql_transaction`: a connection that still reaches the old primary after a
+/// failover demoted it to a replica).
 pub fn is_database_unreachable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
@@ -27,7 +29,7 @@ pub fn is_database_unreachable(error: &sqlx::Error) -> bool {
 
 /// Whether a SQLSTATE says the server cannot serve this connection now.
 pub(crate) fn is_unreachable_sqlstate(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+    code.starts_with("08") || code.starts_with("57P0") || code == "53300" || code == "25006"
 }
 
 /// Whether `error` or one of its sources is a [`sqlx::Error`] for which
@@ -75,6 +77,9 @@ mod tests {
     fn sqlstates() {
         for code in [
             "08000", "08001", "08003", "08006", "57P01", "57P02", "57P03", "53300",
+            // read_only_sql_transaction: a pooled connection reaching the old primary,
+            // demoted to a replica by a failover.
+            "25006",
         ] {
             assert!(is_unreachable_sqlstate(code), "{code}");
         }
