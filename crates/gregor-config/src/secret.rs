@@ -66,10 +66,10 @@ impl DatabaseUrl {
         if reads_differently(rest) {
             return Err(ConfigError::invalid(
                 var,
-                "an '@' follows the first '/' after the host, so the PostgreSQL driver would \
-                 take part of the user info for the database name (and the server would echo \
-                 it in its error): percent-encode a password holding '/', '?', '#' or '@' \
-                 (%2F, %3F, %23, %40), and an '@' in a database name (%40)",
+                "an '@' follows the first '/', '?' or '#', so the PostgreSQL driver would take \
+                 part of the user info for the database name or a parameter (and print it): \
+                 percent-encode a password holding '/', '?', '#' or '@' (%2F, %3F, %23, %40), \
+                 and an '@' in a database name or parameter value (%40)",
             ));
         }
         if let Some(name) = param_names(raw)
@@ -116,23 +116,34 @@ impl fmt::Display for DatabaseUrl {
 }
 
 /// Whether the driver, which ends the authority at the first `/`, `?` or `#`, would read a
-/// different user info than the redactor (which ends it at the last `@`) in a way that puts
-/// part of it in the database name: an `@` in the path as the driver sees it.
+/// different user info than the redactor (which ends it at the last `@`): an `@` after that
+/// first delimiter means part of the user info would become the driver's database name, query
+/// or fragment (the server echoes a database name; sqlx logs unknown parameters).
 fn reads_differently(after_scheme: &str) -> bool {
-    let Some(slash) = after_scheme.find(['/', '?', '#']) else {
+    let Some(delimiter) = after_scheme.find(['/', '?', '#']) else {
         return false;
     };
-    let tail = &after_scheme[slash..];
-    if !tail.starts_with('/') {
-        return false;
-    }
-    let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
-    tail[..path_end].contains('@')
+    after_scheme[delimiter..].contains('@')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_the_driver_would_split_at_a_slash_or_question_mark_is_refused() {
+        // The driver ends the authority at the first '/', '?' or '#': it would read host
+        // `app`, and put the rest of the password in the database name or a query parameter
+        // (which sqlx then logs as unrecognized).
+        for raw in [
+            "postgres://app:/cAnArY?def@db/orders",
+            "postgres://app:12?cAnArY@db/orders",
+            "postgres://app:ab#cAnArY@db/orders",
+        ] {
+            let err = DatabaseUrl::parse("DATABASE_URL", raw).expect_err(raw);
+            assert!(!err.to_string().contains("cAnArY"), "{err}");
+        }
+    }
 
     #[test]
     fn password_is_masked_everywhere() {
@@ -157,14 +168,18 @@ mod tests {
         for raw in [
             "postgres://app:1234/canary@db/orders",
             "postgres://app:x@127.0.0.1:5432/canary@db/orders",
+            // An '@' in a parameter value reads the same way to a parser that ends the user
+            // info at the last '@': percent-encode it (%40).
+            "postgres://app:pw@db/orders?application_name=canary@host",
+            "postgres://app:a/b?canary#d@db/orders",
         ] {
             let err = DatabaseUrl::parse("DATABASE_URL", raw).unwrap_err();
             assert!(!err.to_string().contains("canary"), "{err}");
             assert_eq!(err.var(), "DATABASE_URL");
         }
         for fine in [
-            "postgres://app:pw@db/orders?application_name=me@host",
-            "postgres://app:a/b?c#d@db/orders",
+            "postgres://app:pw@db/orders?application_name=me%40host",
+            "postgres://app:a%2Fb%3Fc%23d@db/orders",
             "postgres://db/orders",
         ] {
             assert!(DatabaseUrl::parse("DATABASE_URL", fine).is_ok(), "{fine}");
