@@ -63,6 +63,14 @@ impl DatabaseUrl {
                 "the URL names no host or database",
             ));
         }
+        if encoded_param_name(rest) {
+            return Err(ConfigError::invalid(
+                var,
+                "a query parameter name is percent-encoded: the PostgreSQL driver decodes \
+                 names, so a credential parameter could not be recognised and hidden; write \
+                 parameter names plainly",
+            ));
+        }
         if reads_differently(rest) {
             return Err(ConfigError::invalid(
                 var,
@@ -115,6 +123,20 @@ impl fmt::Display for DatabaseUrl {
     }
 }
 
+/// Whether a query parameter *name* holds a `%` (the driver decodes names; `pass%77ord` is
+/// `password` to it).
+fn encoded_param_name(after_scheme: &str) -> bool {
+    let Some(query) = after_scheme.split_once('?').map(|(_, q)| q) else {
+        return false;
+    };
+    let query = query.split('#').next().unwrap_or(query);
+    query.split('&').any(|pair| {
+        pair.split('=')
+            .next()
+            .is_some_and(|name| name.contains('%'))
+    })
+}
+
 /// Whether the driver, which ends the authority at the first `/`, `?` or `#`, would read a
 /// different user info than the redactor (which ends it at the last `@`): an `@` after that
 /// first delimiter means part of the user info would become the driver's database name, query
@@ -143,6 +165,18 @@ mod tests {
             let err = DatabaseUrl::parse("DATABASE_URL", raw).expect_err(raw);
             assert!(!err.to_string().contains("cAnArY"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_percent_encoded_parameter_name_is_refused() {
+        // The driver decodes `pass%77ord` to `password` and uses it; the redactor could not
+        // know, and would print the value.
+        let err = DatabaseUrl::parse("DATABASE_URL", "postgres://u@h/db?pass%77ord=cAnArY")
+            .expect_err("refused");
+        assert!(!err.to_string().contains("cAnArY"), "{err}");
+        assert!(
+            DatabaseUrl::parse("DATABASE_URL", "postgres://u@h/db?application_name=a%20b").is_ok()
+        );
     }
 
     #[test]
