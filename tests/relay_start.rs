@@ -1,7 +1,7 @@
 //! Free shards are taken at once: a starting relay takes them on its first heartbeat,
 //! replicas started together converge on a fair share promptly, and the shards a stopping
 //! replica releases are taken by the others without waiting for their next heartbeat (issue
-//! 13, defect 7). The lease ttl here is 60 s, so a heartbeat comes every 20 s: every wait
+//! 13, defect 7). The lease ttl here is 100 s, so a heartbeat comes every 20 s: every wait
 //! below is far shorter than that.
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
@@ -12,9 +12,9 @@ use gregor_integration_tests::InProcessRelay;
 use gregor_outbox::{OutboxMessage, enqueue_batch};
 use gregor_testkit::{TestDb, kafka, kafka_bootstrap, unique_name, wait_until};
 
-/// Well below the 20 s between two heartbeats at a 60 s lease ttl.
+/// Well below the 20 s between two heartbeats at a 100 s lease ttl.
 const WAIT: Duration = Duration::from_secs(10);
-const SLOW_HEARTBEAT: [(&str, &str); 1] = [("GREGOR_RELAY_LEASE_TTL_MS", "60000")];
+const SLOW_HEARTBEAT: [(&str, &str); 1] = [("GREGOR_RELAY_LEASE_TTL_MS", "100000")];
 
 async fn enqueue_keys(db: &TestDb, topic: &str, tag: &str, n: usize) -> anyhow::Result<()> {
     let mut tx = db.pool.begin().await?;

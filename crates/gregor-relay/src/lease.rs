@@ -1,6 +1,6 @@
 //! Shard leases: each shard (and so each key) has one relay owner at a time.
 //!
-//! Every `ttl / 3` a relay heartbeats its membership, renews the leases it holds, takes free
+//! Every `ttl / 5` a relay heartbeats its membership, renews the leases it holds, takes free
 //! or expired leases up to its fair share (`ceil(SHARDS / live relays)`), and marks leases
 //! above that share for release. Its first heartbeat takes free shards at once; a joining
 //! relay and a relay releasing shards `NOTIFY gregor_relay_leases`, which makes the others

@@ -302,9 +302,11 @@ async fn refused(check: tokio::task::JoinHandle<Option<ConfigError>>) -> Result<
     }
 }
 
-/// Renews and rebalances leases every ttl/3, sooner after an error and at once when another
-/// replica released shards or joined. `membership` is up
-/// from the first round that registered this replica until no round succeeded for a ttl.
+/// Renews and rebalances leases every ttl/5 — often enough that the per-record fence, which
+/// needs the deadline further away than the delivery bound plus librdkafka's scan slack, always
+/// has room — sooner after an error and at once when another replica released shards or
+/// joined. `membership` is up from the first round that registered this replica until no round
+/// succeeded for a ttl.
 async fn lease_task(
     pool: PgPool,
     leases: Arc<Leases>,
@@ -342,7 +344,7 @@ async fn lease_task(
 }
 
 fn leases_interval(leases: &Leases) -> Duration {
-    leases.ttl_for_renewal() / 3
+    leases.ttl_for_renewal() / 5
 }
 
 /// Forwards `NOTIFY gregor_outbox` to the claim loop and `NOTIFY gregor_relay_leases` to the
