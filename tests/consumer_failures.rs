@@ -187,7 +187,8 @@ async fn always_failing_is_dead_lettered_with_diagnostics_and_replayed_exactly_o
     );
     assert_eq!(count(&db, "id-poison").await?, 0);
 
-    // The handler is fixed; replay twice: one effect, the second copy is a counted duplicate.
+    // The handler is fixed; replay twice (the second run from the beginning: without it a
+    // second run replays nothing, ADR 0011): one effect, the second copy is a counted duplicate.
     broken.store(false, Ordering::SeqCst);
     let env = [(
         "KAFKA_BOOTSTRAP_SERVERS",
@@ -195,7 +196,12 @@ async fn always_failing_is_dead_lettered_with_diagnostics_and_replayed_exactly_o
     )];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for round in 1..=2 {
-        let out = process::run("gregor", &["dlq", "replay", &dlq], &env)?;
+        let args: &[&str] = if round == 1 {
+            &["dlq", "replay", &dlq]
+        } else {
+            &["dlq", "replay", &dlq, "--from-beginning"]
+        };
+        let out = process::run("gregor", args, &env)?;
         assert!(
             out.status.success(),
             "replay {round}: {}",
