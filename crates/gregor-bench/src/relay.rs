@@ -193,22 +193,29 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
         .await?;
 
     let (p50, p99, bare_p50, bare_p99) = latency(&db, &bootstrap, &relay_bin, &o, false).await?;
-    let (roll_p50, roll_p99, _, _) = latency(&db, &bootstrap, &relay_bin, &o, true).await?;
-    emit(
-        "relay_latency_p99_rolling_restart",
-        roll_p99,
-        "ms",
-        250.0,
-        &[
-            ("p50_ms", json!(roll_p50)),
-            ("baseline_kind", json!("target")),
-            ("rate", json!(o.rate)),
-            (
-                "measures",
-                json!("commit → consumer receipt while each of 2 replicas is restarted once"),
-            ),
-        ],
-    );
+    // A broker that loses acknowledged records across the hand-over makes the reader come up
+    // short: report it instead of ending the run.
+    match latency(&db, &bootstrap, &relay_bin, &o, true).await {
+        Ok((roll_p50, roll_p99, _, _)) => emit(
+            "relay_latency_p99_rolling_restart",
+            roll_p99,
+            "ms",
+            250.0,
+            &[
+                ("p50_ms", json!(roll_p50)),
+                ("baseline_kind", json!("target")),
+                ("rate", json!(o.rate)),
+                (
+                    "measures",
+                    json!("commit → consumer receipt while each of 2 replicas is restarted once"),
+                ),
+            ],
+        ),
+        Err(e) => println!("relay_latency_p99_rolling_restart: not measured: {e:#}"),
+    }
+    sqlx::query("DELETE FROM gregor_outbox")
+        .execute(&db.pool)
+        .await?;
     emit(
         "relay_latency_p99",
         p99,
