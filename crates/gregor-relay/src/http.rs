@@ -83,7 +83,10 @@ mod tests {
             "database: up\nbroker: up\nmembership: up\nproducer: up\n"
         );
         checks.producer.set(false);
-        assert!(!checks.readiness.is_ready(), "a producer that cannot be rebuilt");
+        assert!(
+            !checks.readiness.is_ready(),
+            "a producer that cannot be rebuilt"
+        );
     }
 
     #[tokio::test]
