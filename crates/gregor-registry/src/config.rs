@@ -4,6 +4,11 @@ use gregor_config::{ConfigError, DatabaseUrl, Env, Secret};
 
 use crate::tls::{CERT_VAR, KEY_VAR, TlsFiles};
 
+/// The variable bounding the size of a schema text.
+pub const MAX_SCHEMA_BYTES_VAR: &str = "GREGOR_REGISTRY_MAX_SCHEMA_BYTES";
+/// The variable bounding the work of one compatibility check.
+pub const MAX_CHECK_STEPS_VAR: &str = "GREGOR_REGISTRY_MAX_CHECK_STEPS";
+
 /// Registry settings. [`RegistryConfig::from_env`] reads them from the variables in the
 /// README's table.
 ///
@@ -22,6 +27,55 @@ pub struct RegistryConfig {
     /// `GREGOR_REGISTRY_TLS_CERT` and `GREGOR_REGISTRY_TLS_KEY`: when set, the API is served
     /// over HTTPS only.
     pub tls: Option<TlsFiles>,
+    /// `GREGOR_REGISTRY_MAX_SCHEMA_BYTES` and `GREGOR_REGISTRY_MAX_CHECK_STEPS`: what one
+    /// request may cost.
+    pub limits: Limits,
+}
+
+/// What one request may cost; over a bound, the request is refused with a 422 (42201).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest schema text accepted, in bytes (`GREGOR_REGISTRY_MAX_SCHEMA_BYTES`,
+    /// default 1 048 576 = 1 MiB).
+    pub max_schema_bytes: usize,
+    /// The work one compatibility check (a registration's or a `/compatibility` request's,
+    /// against every version it compares with) may do, in the steps of
+    /// [`gregor_avro::compat::check_within`] (`GREGOR_REGISTRY_MAX_CHECK_STEPS`, default
+    /// 1 000 000: about a tenth of a second of CPU; real schemas need a few thousand).
+    pub max_check_steps: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_schema_bytes: 1 << 20,
+            max_check_steps: gregor_avro::compat::DEFAULT_MAX_CHECK_STEPS,
+        }
+    }
+}
+
+impl Limits {
+    /// Reads the two variables; unset ones keep their defaults, zero is refused.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let limits = Self {
+            max_schema_bytes: env.parse_or(MAX_SCHEMA_BYTES_VAR, defaults.max_schema_bytes)?,
+            max_check_steps: env.parse_or(MAX_CHECK_STEPS_VAR, defaults.max_check_steps)?,
+        };
+        if limits.max_schema_bytes == 0 {
+            return Err(ConfigError::invalid(
+                MAX_SCHEMA_BYTES_VAR,
+                "must be at least 1",
+            ));
+        }
+        if limits.max_check_steps == 0 {
+            return Err(ConfigError::invalid(
+                MAX_CHECK_STEPS_VAR,
+                "must be at least 1",
+            ));
+        }
+        Ok(limits)
+    }
 }
 
 /// Where the registry keeps its data.
@@ -55,6 +109,7 @@ impl Default for RegistryConfig {
             storage: Storage::Memory,
             auth: None,
             tls: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -134,6 +189,7 @@ impl RegistryConfig {
             storage,
             auth,
             tls,
+            limits: Limits::from_env(env)?,
         };
         config.validate()?;
         Ok(config)
@@ -226,6 +282,37 @@ mod tests {
             ),
             "GREGOR_REGISTRY_USERNAME"
         );
+    }
+
+    #[test]
+    fn limits_have_safe_defaults_and_name_their_variable() {
+        let memory = Env::from_pairs([("GREGOR_REGISTRY_STORAGE", "memory")]);
+        let config = RegistryConfig::from_env(&memory).unwrap();
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.limits.max_schema_bytes, 1 << 20);
+        assert_eq!(config.limits.max_check_steps, 1_000_000);
+        let config = RegistryConfig::from_env(
+            &memory
+                .clone()
+                .with(MAX_SCHEMA_BYTES_VAR, "4096")
+                .with(MAX_CHECK_STEPS_VAR, "50000"),
+        )
+        .unwrap();
+        assert_eq!(
+            config.limits,
+            Limits {
+                max_schema_bytes: 4096,
+                max_check_steps: 50_000
+            }
+        );
+        for (var, raw) in [
+            (MAX_SCHEMA_BYTES_VAR, "0"),
+            (MAX_SCHEMA_BYTES_VAR, "1MiB"),
+            (MAX_CHECK_STEPS_VAR, "0"),
+            (MAX_CHECK_STEPS_VAR, "-5"),
+        ] {
+            assert_eq!(err_var(&memory.clone().with(var, raw)), var, "{var}={raw}");
+        }
     }
 
     #[test]

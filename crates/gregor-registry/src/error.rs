@@ -74,6 +74,32 @@ pub enum ApiError {
         /// What [`gregor_avro::compat::check`] reported.
         reason: String,
     },
+    /// 422 (42201): the schema text is longer than `GREGOR_REGISTRY_MAX_SCHEMA_BYTES`.
+    #[error(
+        "Invalid schema: the schema text is {bytes} bytes, more than this registry accepts ({max} bytes, GREGOR_REGISTRY_MAX_SCHEMA_BYTES)"
+    )]
+    SchemaTooLarge {
+        /// The length of the schema text.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// 422 (42201): checking compatibility would take more than
+    /// `GREGOR_REGISTRY_MAX_CHECK_STEPS` steps of work; refused unfinished.
+    #[error(
+        "Invalid schema: checking its compatibility with subject \"{subject}\" takes more than {max_steps} steps of work (GREGOR_REGISTRY_MAX_CHECK_STEPS); simplify the schema (unions of many records, very wide records)"
+    )]
+    CheckTooCostly {
+        /// The subject.
+        subject: String,
+        /// The budget that ran out.
+        max_steps: u64,
+    },
+    /// 409: the subject kept changing while the schema was being checked.
+    #[error(
+        "Subject \"{0}\" changed while the schema was being checked for compatibility; try again"
+    )]
+    SubjectChanged(String),
     /// 400: the body is not JSON of the expected shape, or a path/query part is malformed.
     #[error("{0}")]
     BadRequest(String),
@@ -106,7 +132,10 @@ impl ApiError {
             Self::InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
             Self::InvalidVersion(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42202),
             Self::InvalidCompatibilityLevel(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
-            Self::Incompatible { .. } => (StatusCode::CONFLICT, 409),
+            Self::SchemaTooLarge { .. } | Self::CheckTooCostly { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, 42201)
+            }
+            Self::Incompatible { .. } | Self::SubjectChanged(_) => (StatusCode::CONFLICT, 409),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, 400),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, 40101),
             Self::NoRoute => (StatusCode::NOT_FOUND, 404),

@@ -65,7 +65,10 @@ mod store;
 mod tls;
 
 pub use api::{CONTENT_TYPE, router};
-pub use config::{BasicAuth, DEFAULT_LISTEN, RegistryConfig, Storage};
+pub use config::{
+    BasicAuth, DEFAULT_LISTEN, Limits, MAX_CHECK_STEPS_VAR, MAX_SCHEMA_BYTES_VAR, RegistryConfig,
+    Storage,
+};
 pub use error::{ApiError, RegistryError};
 pub use store::{Store, StoreError};
 pub use tls::TlsFiles;
@@ -106,7 +109,7 @@ pub async fn serve(
             },
             Storage::Memory => RegistryError::Store(source),
         })?;
-    let app = router(store.clone(), config.auth);
+    let app = router(store.clone().with_limits(config.limits), config.auth);
     let addr = listener.local_addr().map_err(RegistryError::Serve)?;
     let served = match tls {
         None => {

@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 
 use apache_avro::Schema;
 use gregor_avro::CompatibilityLevel;
-use gregor_avro::compat;
+use gregor_avro::compat::{self, CheckError};
 
 use crate::error::ApiError;
 use crate::schema::{ParsedSchema, VersionSelector};
@@ -33,18 +33,73 @@ impl SubjectVersion {
 
 impl Store {
     /// Registers `schema` under `subject` and returns its id (see the crate docs for the rules).
+    ///
+    /// The compatibility check runs on a snapshot, outside any lock and off the async
+    /// workers, within the work budget; the write then takes the lock and goes ahead only if
+    /// the subject's live versions and level are still those checked against (else it checks
+    /// again, [`ATTEMPTS`] times at most, then answers 409).
     pub(crate) async fn register(
         &self,
         subject: &str,
         schema: &ParsedSchema,
     ) -> Result<i32, ApiError> {
-        let (id, new_version) =
-            transaction!(self, Access::Write, |tx| register(&mut tx, subject, schema)
+        for _ in 0..ATTEMPTS {
+            let seen = transaction!(self, Access::Read, |tx| Snapshot::read(&mut tx, subject)
                 .await)?;
-        if let Some(version) = new_version {
-            tracing::info!(subject, version, id, "registered schema");
+            if let Some(same) = seen.live().find(|v| v.schema == schema.canonical) {
+                return Ok(same.schema_id);
+            }
+            let against: Vec<VersionRow> = seen.live().cloned().collect();
+            match self.check_detached(seen.level, schema, against).await? {
+                Ok(()) => {}
+                Err(CheckError::TooCostly { max_steps }) => {
+                    return Err(ApiError::CheckTooCostly {
+                        subject: subject.to_owned(),
+                        max_steps,
+                    });
+                }
+                Err(reason) => {
+                    return Err(ApiError::Incompatible {
+                        subject: subject.to_owned(),
+                        reason: reason.to_string(),
+                    });
+                }
+            }
+            let written = transaction!(self, Access::Write, |tx| register(
+                &mut tx, subject, schema, &seen
+            )
+            .await)?;
+            if let Some((id, new_version)) = written {
+                if let Some(version) = new_version {
+                    tracing::info!(subject, version, id, "registered schema");
+                }
+                return Ok(id);
+            }
+            tracing::debug!(subject, "subject changed during the compatibility check");
         }
-        Ok(id)
+        Err(ApiError::SubjectChanged(subject.to_owned()))
+    }
+
+    /// Runs [`compat::check_within`] on a blocking thread, within the store's work budget.
+    /// The outer error is a store failure (a stored schema that does not parse).
+    async fn check_detached(
+        &self,
+        level: CompatibilityLevel,
+        candidate: &ParsedSchema,
+        against: Vec<VersionRow>,
+    ) -> Result<Result<(), CheckError>, ApiError> {
+        if level == CompatibilityLevel::None || against.is_empty() {
+            return Ok(Ok(()));
+        }
+        let candidate = candidate.schema.clone();
+        let max_steps = self.limits().max_check_steps;
+        let task =
+            tokio::task::spawn_blocking(move || check(level, &candidate, &against, max_steps));
+        task.await.unwrap_or_else(|_| {
+            Ok(Err(CheckError::Incompatible(
+                "the compatibility checker failed on this schema".into(),
+            )))
+        })
     }
 
     /// The subject's version that holds `schema`.
@@ -270,51 +325,95 @@ impl Store {
 
     /// Checks `candidate` against one version of the subject (`Some`) or, like a
     /// registration, against the versions its level asks for (`None`). Returns the reasons it
-    /// is incompatible; empty means compatible.
+    /// is incompatible; empty means compatible. The check runs on a snapshot, outside any
+    /// lock, within the work budget.
     pub(crate) async fn check_compatibility(
         &self,
         subject: &str,
         selector: Option<VersionSelector>,
         candidate: &ParsedSchema,
     ) -> Result<Vec<String>, ApiError> {
-        transaction!(self, Access::Read, |tx| {
-            let versions = tx.versions(subject).await?;
-            let level = effective_level(&mut tx, subject).await?;
-            let against: Vec<&VersionRow> = match selector {
-                Some(selector) => vec![pick(subject, &versions, selector, false)?],
-                None => visible(&versions, false).collect(),
+        let (level, against) = transaction!(self, Access::Read, |tx| {
+            let seen = Snapshot::read(&mut tx, subject).await?;
+            let against: Vec<VersionRow> = match selector {
+                Some(selector) => vec![pick(subject, &seen.versions, selector, false)?.clone()],
+                None => seen.live().cloned().collect(),
             };
-            Ok(match check(level, candidate, &against)? {
-                Ok(()) => Vec::new(),
-                Err(reason) => vec![reason],
-            })
-        })
+            Ok::<_, ApiError>((seen.level, against))
+        })?;
+        match self.check_detached(level, candidate, against).await? {
+            Ok(()) => Ok(Vec::new()),
+            Err(CheckError::TooCostly { max_steps }) => Err(ApiError::CheckTooCostly {
+                subject: subject.to_owned(),
+                max_steps,
+            }),
+            Err(reason) => Ok(vec![reason.to_string()]),
+        }
     }
 }
 
-/// Returns the schema id and, when one was added, the new version.
+/// How many times a registration checks again when the subject changed during its check.
+const ATTEMPTS: usize = 4;
+
+/// What a compatibility check is made against: a subject's versions and level, read in one
+/// short transaction.
+struct Snapshot {
+    versions: Vec<VersionRow>,
+    level: CompatibilityLevel,
+}
+
+impl Snapshot {
+    async fn read<T: Tx>(tx: &mut T, subject: &str) -> Result<Self, ApiError> {
+        Ok(Self {
+            versions: tx.versions(subject).await?,
+            level: effective_level(tx, subject).await?,
+        })
+    }
+
+    fn live(&self) -> impl Iterator<Item = &VersionRow> {
+        visible(&self.versions, false)
+    }
+
+    /// Whether a registration needs no check (level NONE, or no live version).
+    fn needs_no_check(&self) -> bool {
+        self.level == CompatibilityLevel::None || self.live().next().is_none()
+    }
+
+    /// Whether a check against `self` still holds for `now`: the same live versions (with
+    /// the same schemas) and the same level.
+    fn same_checks(&self, now: &Self) -> bool {
+        self.level == now.level
+            && self
+                .live()
+                .map(|v| (v.version, v.schema_id))
+                .eq(now.live().map(|v| (v.version, v.schema_id)))
+    }
+}
+
+/// Adds `candidate`, checked against `checked`, as the subject's next version. Returns the
+/// schema id and, when one was added, the new version; `None` when the subject changed since
+/// `checked` was read (nothing is written).
 async fn register<T: Tx>(
     tx: &mut T,
     subject: &str,
     candidate: &ParsedSchema,
-) -> Result<(i32, Option<i32>), ApiError> {
-    let versions = tx.versions(subject).await?;
-    let live: Vec<&VersionRow> = visible(&versions, false).collect();
-    if let Some(same) = live.iter().find(|v| v.schema == candidate.canonical) {
-        return Ok((same.schema_id, None));
+    checked: &Snapshot,
+) -> Result<Option<(i32, Option<i32>)>, ApiError> {
+    let now = Snapshot::read(tx, subject).await?;
+    if let Some(same) = now.live().find(|v| v.schema == candidate.canonical) {
+        return Ok(Some((same.schema_id, None)));
     }
-    let level = effective_level(tx, subject).await?;
-    check(level, candidate, &live)?.map_err(|reason| ApiError::Incompatible {
-        subject: subject.to_owned(),
-        reason,
-    })?;
+    if !checked.same_checks(&now) && !now.needs_no_check() {
+        return Ok(None);
+    }
     let id = match tx.schema_id(&candidate.canonical).await? {
         Some(id) => id,
         None => tx.insert_schema(&candidate.canonical).await?,
     };
     // Versions are never reused, not even after a permanent delete of the newest one
     // leaves older ones.
-    let version = versions
+    let version = now
+        .versions
         .iter()
         .map(|v| v.version)
         .max()
@@ -326,7 +425,7 @@ async fn register<T: Tx>(
             )))
         })?;
     tx.insert_version(subject, version, id).await?;
-    Ok((id, Some(version)))
+    Ok(Some((id, Some(version))))
 }
 
 /// The subject's level, else the global one, else BACKWARD.
@@ -337,16 +436,15 @@ async fn effective_level<T: Tx>(tx: &mut T, subject: &str) -> Result<Compatibili
     })
 }
 
-/// Runs [`compat::check`] against `existing` (oldest first). The outer error is a store
-/// failure; the inner one the reason the candidate is incompatible.
+/// Runs [`compat::check_within`] against `existing` (oldest first). The outer error is a
+/// store failure; the inner one why the candidate is refused. CPU-bound: call it on a
+/// blocking thread.
 fn check(
     level: CompatibilityLevel,
-    candidate: &ParsedSchema,
-    existing: &[&VersionRow],
-) -> Result<Result<(), String>, ApiError> {
-    if level == CompatibilityLevel::None || existing.is_empty() {
-        return Ok(Ok(()));
-    }
+    candidate: &Schema,
+    existing: &[VersionRow],
+    max_steps: u64,
+) -> Result<Result<(), CheckError>, ApiError> {
     let parsed = existing
         .iter()
         .map(|v| ParsedSchema::stored(&v.schema).map(|s| (v.version, s)))
@@ -355,9 +453,13 @@ fn check(
     // A checker bug must not accept a schema or take the connection down: a panic is a
     // refusal.
     let checked = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        compat::check(level, &candidate.schema, &refs)
+        compat::check_within(level, candidate, &refs, max_steps)
     }));
-    Ok(checked.unwrap_or_else(|_| Err("the compatibility checker failed on this schema".into())))
+    Ok(checked.unwrap_or_else(|_| {
+        Err(CheckError::Incompatible(
+            "the compatibility checker failed on this schema".into(),
+        ))
+    }))
 }
 
 fn visible(versions: &[VersionRow], include_deleted: bool) -> impl Iterator<Item = &VersionRow> {
@@ -385,5 +487,49 @@ fn pick<'a>(
         VersionSelector::Number(n) => candidates
             .find(|v| v.version == n)
             .ok_or(ApiError::VersionNotFound(n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(fields: &str) -> ParsedSchema {
+        ParsedSchema::parse(&format!(
+            r#"{{"type":"record","name":"R","fields":[{fields}]}}"#
+        ))
+        .expect("valid schema")
+    }
+
+    /// A write whose check was made against versions that have changed since is not done;
+    /// with a fresh snapshot it is.
+    #[tokio::test]
+    async fn a_write_after_a_stale_check_is_not_done() -> Result<(), ApiError> {
+        let store = Store::memory();
+        let a = r#"{"name":"a","type":"int"}"#;
+        store.register("s", &record(a)).await?;
+        let seen = transaction!(store, Access::Read, |tx| Snapshot::read(&mut tx, "s").await)?;
+        // Another registration lands while `seen` is being checked.
+        let b = r#"{"name":"b","type":"int","default":0}"#;
+        store.register("s", &record(&format!("{a},{b}"))).await?;
+        let c = record(&format!(
+            r#"{a},{b},{{"name":"c","type":"int","default":0}}"#
+        ));
+        let stale = transaction!(store, Access::Write, |tx| register(&mut tx, "s", &c, &seen)
+            .await)?;
+        assert_eq!(stale, None);
+        let fresh = transaction!(store, Access::Read, |tx| Snapshot::read(&mut tx, "s").await)?;
+        let done = transaction!(store, Access::Write, |tx| register(
+            &mut tx, "s", &c, &fresh
+        )
+        .await)?;
+        assert_eq!(done, Some((3, Some(3))));
+        // Under NONE nothing needs checking: a stale snapshot does not matter.
+        store.set_level(Some("s"), CompatibilityLevel::None).await?;
+        let d = record(r#"{"name":"d","type":"string"}"#);
+        let done = transaction!(store, Access::Write, |tx| register(&mut tx, "s", &d, &seen)
+            .await)?;
+        assert_eq!(done, Some((4, Some(4))));
+        Ok(())
     }
 }

@@ -60,8 +60,20 @@ pub(crate) struct SchemaRequest {
 }
 
 impl SchemaRequest {
-    /// Checks the type and references, then parses the schema.
-    pub(crate) fn parse(&self) -> Result<ParsedSchema, ApiError> {
+    /// [`Self::parse`] on a blocking thread: parsing a large schema costs milliseconds of CPU
+    /// the async workers must not spend.
+    pub(crate) async fn parse_detached(self, max_bytes: usize) -> Result<ParsedSchema, ApiError> {
+        tokio::task::spawn_blocking(move || self.parse(max_bytes))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ApiError::InvalidSchema(
+                    "the Avro parser failed on this schema".into(),
+                ))
+            })
+    }
+
+    /// Checks the type, references and size (at most `max_bytes`), then parses the schema.
+    pub(crate) fn parse(&self, max_bytes: usize) -> Result<ParsedSchema, ApiError> {
         if let Some(kind) = &self.schema_type
             && !kind.eq_ignore_ascii_case("AVRO")
         {
@@ -79,6 +91,12 @@ impl SchemaRequest {
             .as_deref()
             .filter(|s| !s.trim().is_empty())
             .ok_or_else(|| ApiError::InvalidSchema("the request has no \"schema\"".to_owned()))?;
+        if text.len() > max_bytes {
+            return Err(ApiError::SchemaTooLarge {
+                bytes: text.len(),
+                max: max_bytes,
+            });
+        }
         ParsedSchema::parse(text)
     }
 }
@@ -106,6 +124,8 @@ impl VersionSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MAX: usize = 1 << 20;
 
     #[test]
     fn canonical_text_keeps_defaults_docs_aliases_and_logical_types() {
@@ -178,21 +198,38 @@ mod tests {
     fn requests_refuse_other_types_references_and_garbage() {
         let req = |v: serde_json::Value| serde_json::from_value::<SchemaRequest>(v).unwrap();
         let err = req(serde_json::json!({"schema": "{}", "schemaType": "PROTOBUF"}))
-            .parse()
+            .parse(MAX)
             .unwrap_err();
         assert!(err.to_string().contains("only AVRO"), "{err}");
         let err = req(serde_json::json!({"schema": "\"int\"", "references": [{"name": "x"}]}))
-            .parse()
+            .parse(MAX)
             .unwrap_err();
         assert!(err.to_string().contains("references"), "{err}");
         assert!(matches!(
-            req(serde_json::json!({"schema": "{\"type\": \"nope\"}"})).parse(),
+            req(serde_json::json!({"schema": "{\"type\": \"nope\"}"})).parse(MAX),
             Err(ApiError::InvalidSchema(_))
         ));
         assert!(
             req(serde_json::json!({"schema": "\"int\"", "schemaType": "avro", "references": []}))
-                .parse()
+                .parse(MAX)
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn schemas_over_the_size_limit_are_refused() {
+        let text = r#"{"type":"string","doc":"0123456789"}"#;
+        let request: SchemaRequest =
+            serde_json::from_value(serde_json::json!({ "schema": text })).unwrap();
+        assert!(request.parse(text.len()).is_ok());
+        let err = request.parse(text.len() - 1).unwrap_err();
+        assert!(
+            matches!(err, ApiError::SchemaTooLarge { bytes, max } if bytes == text.len() && max == bytes - 1),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("GREGOR_REGISTRY_MAX_SCHEMA_BYTES"),
+            "{err}"
         );
     }
 

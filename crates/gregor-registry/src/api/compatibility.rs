@@ -18,7 +18,9 @@ pub(crate) async fn against_version(
     JsonBody(request): JsonBody<SchemaRequest>,
 ) -> Result<Response, ApiError> {
     let selector = VersionSelector::parse(&version)?;
-    let candidate = request.parse()?;
+    let candidate = request
+        .parse_detached(store.limits().max_schema_bytes)
+        .await?;
     let messages = store
         .check_compatibility(&subject, Some(selector), &candidate)
         .await?;
@@ -34,7 +36,9 @@ pub(crate) async fn against_level(
     flags: Flags,
     JsonBody(request): JsonBody<SchemaRequest>,
 ) -> Result<Response, ApiError> {
-    let candidate = request.parse()?;
+    let candidate = request
+        .parse_detached(store.limits().max_schema_bytes)
+        .await?;
     let messages = store
         .check_compatibility(&subject, None, &candidate)
         .await?;

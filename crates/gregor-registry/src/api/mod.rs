@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
@@ -25,6 +25,7 @@ pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// The registry's routes over `store`, with basic auth when `auth` is given.
 pub fn router(store: Store, auth: Option<BasicAuth>) -> Router {
+    let body_limit = body_limit(store.limits().max_schema_bytes);
     let app = Router::new()
         .route("/", get(|| async { ok(&json!({})) }))
         .route("/schemas/types", get(|| async { ok(&json!(["AVRO"])) }))
@@ -71,11 +72,21 @@ pub fn router(store: Store, auth: Option<BasicAuth>) -> Router {
         )
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(store);
     match auth {
         Some(auth) => crate::auth::require(app, &auth),
         None => app,
     }
+}
+
+/// The largest request body read: room for a schema of `max_schema_bytes` escaped in JSON,
+/// and never less than axum's default of 2 MiB.
+fn body_limit(max_schema_bytes: usize) -> usize {
+    max_schema_bytes
+        .saturating_mul(2)
+        .saturating_add(64 << 10)
+        .max(2 << 20)
 }
 
 /// A JSON answer with the registry's content type.

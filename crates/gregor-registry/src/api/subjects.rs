@@ -23,7 +23,9 @@ pub(crate) async fn register(
     ApiPath(subject): ApiPath<String>,
     JsonBody(request): JsonBody<SchemaRequest>,
 ) -> Result<Response, ApiError> {
-    let schema = request.parse()?;
+    let schema = request
+        .parse_detached(store.limits().max_schema_bytes)
+        .await?;
     let id = store.register(&subject, &schema).await?;
     Ok(ok(&json!({ "id": id })))
 }
@@ -35,7 +37,9 @@ pub(crate) async fn lookup(
     flags: Flags,
     JsonBody(request): JsonBody<SchemaRequest>,
 ) -> Result<Response, ApiError> {
-    let schema = request.parse()?;
+    let schema = request
+        .parse_detached(store.limits().max_schema_bytes)
+        .await?;
     let found = store
         .lookup(&subject, &schema, flags.is_set("deleted"))
         .await?;

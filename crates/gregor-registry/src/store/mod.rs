@@ -8,7 +8,7 @@ use std::sync::Arc;
 use gregor_avro::CompatibilityLevel;
 use gregor_config::DatabaseUrl;
 
-use crate::config::Storage;
+use crate::config::{Limits, Storage};
 
 pub(crate) mod memory;
 pub(crate) mod postgres;
@@ -151,6 +151,7 @@ pub(crate) enum Access {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    limits: Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +165,7 @@ impl Store {
     pub fn memory() -> Self {
         Self {
             backend: Backend::Memory(Arc::new(memory::MemoryStore::default())),
+            limits: Limits::default(),
         }
     }
 
@@ -171,6 +173,7 @@ impl Store {
     pub async fn postgres(url: &DatabaseUrl) -> Result<Self, StoreError> {
         Ok(Self {
             backend: Backend::Postgres(postgres::PgStore::connect(url).await?),
+            limits: Limits::default(),
         })
     }
 
@@ -178,6 +181,7 @@ impl Store {
     pub async fn from_pool(pool: sqlx::PgPool) -> Result<Self, StoreError> {
         Ok(Self {
             backend: Backend::Postgres(postgres::PgStore::from_pool(pool).await?),
+            limits: Limits::default(),
         })
     }
 
@@ -194,6 +198,18 @@ impl Store {
         if let Backend::Postgres(pg) = &self.backend {
             pg.close().await;
         }
+    }
+
+    /// The same store, answering requests within `limits` (the defaults otherwise).
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// What one request may cost.
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
     }
 
     pub(crate) fn backend(&self) -> &Backend {
