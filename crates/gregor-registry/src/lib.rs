@@ -20,6 +20,13 @@
 //! (rustls), with [`RegistryConfig::auth`] every request needs basic auth. Registrations are serialized with an advisory
 //! lock, so several replicas can share one database.
 //!
+//! What one request may cost is bounded ([`RegistryConfig::limits`]): schema texts over
+//! `GREGOR_REGISTRY_MAX_SCHEMA_BYTES` and compatibility checks over
+//! `GREGOR_REGISTRY_MAX_CHECK_STEPS` steps of work are refused with a 422 (42201). A check
+//! runs on a blocking thread against a snapshot of the subject, never under the write lock;
+//! the write then goes ahead only if the subject's live versions and level are unchanged
+//! (else it checks again, and answers 409 if the subject keeps changing).
+//!
 //! ```
 //! use gregor_registry::{RegistryConfig, Storage, Store, router};
 //!

@@ -370,3 +370,48 @@ async fn the_409_message_stays_short() {
         assert!(message.contains(needle), "{needle} missing from {message}");
     }
 }
+
+/// A schema text over `GREGOR_REGISTRY_MAX_SCHEMA_BYTES` is refused with a 422 naming the
+/// variable, before it is parsed; one at the limit is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_over_the_size_limit_are_refused() {
+    let registry = Registry::start(&[
+        ("GREGOR_REGISTRY_STORAGE", "memory"),
+        ("GREGOR_REGISTRY_MAX_SCHEMA_BYTES", "4096"),
+    ]);
+    let base = &registry.url;
+    let client = reqwest::Client::new();
+    let sized = |bytes: usize| {
+        let shell = order(json!([{"name": "id", "type": "long", "doc": ""}]));
+        let doc = "d".repeat(bytes - shell.len());
+        order(json!([{"name": "id", "type": "long", "doc": doc}]))
+    };
+    assert_eq!(sized(4096).len(), 4096);
+    assert_eq!(
+        register(&client, base, "sized-value", &sized(4096)).await,
+        200
+    );
+    for path in [
+        "/subjects/sized-value/versions",
+        "/subjects/sized-value",
+        "/compatibility/subjects/sized-value/versions",
+    ] {
+        let (status, body, _) = send(
+            &client,
+            reqwest::Method::POST,
+            format!("{base}{path}"),
+            Some(json!({ "schema": sized(4097) })),
+        )
+        .await;
+        assert_eq!(
+            (status, &body["error_code"]),
+            (422, &json!(42201)),
+            "{path}: {body}"
+        );
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("4097 bytes") && message.contains("GREGOR_REGISTRY_MAX_SCHEMA_BYTES"),
+            "{path}: {message}"
+        );
+    }
+}
