@@ -27,6 +27,9 @@ use crate::publish::{BatchOutcome, Publisher};
 use crate::store::{self, InProgress, OutboxRow};
 use crate::{RelayConfig, RelayMetrics};
 
+/// How long to wait for a nudged lease renewal before retrying rows the fence held back.
+const FENCE_RETRY: Duration = Duration::from_millis(20);
+
 /// Everything the loop needs.
 pub(crate) struct ClaimLoop {
     pub(crate) pool: PgPool,
@@ -61,6 +64,8 @@ struct Pass {
     /// Restart at the next iteration rather than after `pass_interval` (a lease lapsed with
     /// rows in hand: their keys' later rows must not go first).
     restart_now: bool,
+    /// Rows were held back by the lease fence: give the renewal a moment before the restart.
+    fenced: bool,
 }
 
 /// A claim read ahead for the next iteration.
@@ -83,6 +88,7 @@ impl Pass {
             generation: None,
             retry_from: None,
             restart_now: false,
+            fenced: false,
         }
     }
 
@@ -152,6 +158,15 @@ impl ClaimLoop {
                 tracing::warn!(error = %e, "could not release shard leases; will retry");
             }
             // Read the version first: a change after it shows up as a new version next time.
+            if std::mem::take(&mut pass.fenced) {
+                // The nudged renewal takes a round trip; waking on it is not possible (a
+                // renewal that keeps the same shards changes nothing observable), so wait
+                // briefly instead of spinning on a fence that still holds.
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = tokio::time::sleep(FENCE_RETRY) => {}
+                }
+            }
             let lease_version = self.leases.version();
             let shards = self.leases.publishable();
             pass.before_claim(&shards, lease_version, self.config.pass_interval);
@@ -284,6 +299,13 @@ impl ClaimLoop {
         }
         for id in &outcome.skipped {
             pass.leave_behind(*id);
+        }
+        if outcome.fenced {
+            // The lease deadline came too close for the producer's delivery bound: renew now
+            // and retry these rows as soon as it is renewed, not after the pass interval.
+            self.leases.nudge.notify_one();
+            pass.restart_now = true;
+            pass.fenced = true;
         }
         for failure in &outcome.failed {
             pass.leave_behind(failure.id);

@@ -68,6 +68,9 @@ pub(crate) struct BatchOutcome {
     /// Rows not attempted: an earlier row of their key failed in this pass, or their shard's
     /// lease would end before the producer could give up on them. They stay in the outbox.
     pub(crate) skipped: Vec<i64>,
+    /// Whether some rows were held back by the lease fence (the deadline too close): a
+    /// renewal makes them publishable again at once.
+    pub(crate) fenced: bool,
 }
 
 /// A record handed to librdkafka.
@@ -223,6 +226,7 @@ impl Publisher {
             if !may_hand_over(row.shard) {
                 block(blocked, &row.key);
                 outcome.skipped.push(row.id);
+                outcome.fenced = true;
                 continue;
             }
             if let Err(e) = gregor_outbox::validate_topic(&row.topic) {
@@ -248,6 +252,7 @@ impl Publisher {
                 Ok(None) => {
                     block(blocked, &row.key);
                     outcome.skipped.push(row.id);
+                    outcome.fenced = true;
                 }
                 Ok(Some(delivery)) => pending.push(Pending {
                     id: row.id,
