@@ -146,7 +146,10 @@ async fn a_few_hundred_hostile_bytes_are_dead_lettered_and_the_partition_moves_o
     // Warm up: the consumer has joined, fetched, decoded and committed once.
     kafka::produce(
         &topic,
-        vec![Record::new("warm", parcels.serialize(&topic, &Parcel { id: 1 }).await?)],
+        vec![Record::new(
+            "warm",
+            parcels.serialize(&topic, &Parcel { id: 1 }).await?,
+        )],
     )
     .await?;
     wait_until(WAIT, "the warm-up event", || async {
