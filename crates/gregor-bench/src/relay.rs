@@ -367,7 +367,7 @@ pub(crate) async fn fill_with(
 }
 
 /// id, key, payload of a drained row.
-type DrainedRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+pub(crate) type DrainedRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// (b) The fastest bare SQL drain: delete-returning in id order, each batch starting after the
 /// last id of the previous one.

@@ -48,7 +48,7 @@ pub(crate) async fn hand_rolled_drain(
     let mut drained = 0u64;
     loop {
         let mut tx = pool.begin().await?;
-        let rows: Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> = sqlx::query_as(
+        let rows: Vec<super::relay::DrainedRow> = sqlx::query_as(
             "DELETE FROM gregor_outbox WHERE id IN (
                  SELECT id FROM gregor_outbox ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED)
              RETURNING id, key, payload",
