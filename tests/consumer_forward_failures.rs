@@ -114,6 +114,65 @@ async fn a_dead_letter_copy_too_large_is_sent_without_its_payload_and_the_partit
     Ok(())
 }
 
+/// Headers alone can make a copy too large: the smallest copy leaves them out (keeping a
+/// short `ce_id`), so one hostile message cannot stop the consumer on every restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_with_huge_headers_is_sent_without_them() -> anyhow::Result<()> {
+    let topic = unique_name("fwd-headers");
+    let dlq = format!("{topic}.dlq");
+    kafka::create_topic_family(&topic, 1, 0).await?;
+    let config = consumer_config(
+        &unique_name("g"),
+        None,
+        &[
+            ("GREGOR_CONSUMER_IN_PLACE_ATTEMPTS", "1"),
+            ("GREGOR_CONSUMER_RETRY_TIERS", "none"),
+            ("KAFKA_MESSAGE_MAX_BYTES", "4000"),
+        ],
+    )?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = Consumer::builder(config)
+        .route(&topic, Raw, handler(seen.clone()))
+        .build()
+        .await?;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(shutdown.clone()));
+
+    kafka::produce(
+        &topic,
+        vec![
+            Record::new("big", "small")
+                .header(h::CE_ID, "id-headers")
+                .header("blob", vec![b'h'; 3900]),
+            Record::new("after", "small").header(h::CE_ID, "id-after"),
+        ],
+    )
+    .await?;
+    let copies = kafka::read_topic(&dlq, 1, WAIT).await?;
+    let copy = &copies[0];
+    assert_eq!(
+        copy.header(h::HEADERS_OMITTED).as_deref(),
+        Some("too-large")
+    );
+    assert_eq!(
+        copy.header(h::PAYLOAD_OMITTED).as_deref(),
+        Some("too-large")
+    );
+    assert_eq!(copy.header(h::CE_ID).as_deref(), Some("id-headers"));
+    assert!(copy.header("blob").is_none(), "the huge header is left out");
+    wait_until(WAIT, "the next message of the partition", || async {
+        Ok(seen
+            .lock()
+            .unwrap()
+            .contains(&"after".to_owned())
+            .then_some(()))
+    })
+    .await?;
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, running).await???;
+    Ok(())
+}
+
 /// nisshi has no ACLs and keeps serving a deleted topic, so the broker that refuses the
 /// dead-letter copy is librdkafka's mock cluster, told to answer produce requests with
 /// TOPIC_AUTHORIZATION_FAILED: the consumer must stop and say which topic and why.

@@ -28,9 +28,10 @@ pub(crate) enum Stage {
     Full,
     /// The error message cut to [`BRIEF_ERROR_MESSAGE`] bytes and no `tracestate`.
     BriefDiagnostics,
-    /// As brief, and the value replaced by a JSON reference to the original coordinates,
-    /// marked `gregor-payload-omitted: too-large`. Only for dead-letter copies: a retry copy
-    /// must carry its payload to the handler.
+    /// As brief, the value replaced by a JSON reference to the original coordinates and the
+    /// original headers left out but a short `ce_id`, marked `gregor-payload-omitted` and
+    /// `gregor-headers-omitted: too-large`. Only for dead-letter copies: a retry copy must
+    /// carry its payload to the handler.
     PayloadOmitted,
 }
 
@@ -47,6 +48,9 @@ impl Stage {
 
 /// The longest error message a brief copy carries, in bytes.
 pub(crate) const BRIEF_ERROR_MESSAGE: usize = 160;
+
+/// The longest `ce_id` the smallest copy keeps.
+const STUB_CE_ID_MAX: usize = 256;
 
 /// The value of [`h::PAYLOAD_OMITTED`] on a copy whose payload was too large.
 pub(crate) const OMITTED_TOO_LARGE: &str = "too-large";
@@ -93,7 +97,17 @@ pub(crate) fn copy_headers(
     let brief = stage >= Stage::BriefDiagnostics;
 
     let mut out = OwnedHeaders::new();
-    if let Some(old) = old {
+    // The smallest copy carries none of the original headers but a short `ce_id`: a producer
+    // can make headers alone larger than `message.max.bytes`, and such a copy must still reach
+    // the DLQ rather than stop the consumer on every restart (it is never replayed as it is).
+    let stub = stage == Stage::PayloadOmitted;
+    if let (true, Some(id)) = (stub, keep(h::CE_ID).filter(|id| id.len() <= STUB_CE_ID_MAX)) {
+        out = out.insert(Header {
+            key: h::CE_ID,
+            value: Some(id.as_str()),
+        });
+    }
+    if let (false, Some(old)) = (stub, old) {
         for header in old.iter() {
             let replaced_trace =
                 trace.is_some() && (header.key == h::TRACEPARENT || header.key == h::TRACESTATE);
@@ -137,6 +151,7 @@ pub(crate) fn copy_headers(
     }
     if stage == Stage::PayloadOmitted {
         add(h::PAYLOAD_OMITTED, OMITTED_TOO_LARGE);
+        add(h::HEADERS_OMITTED, OMITTED_TOO_LARGE);
     }
     out
 }

@@ -44,6 +44,9 @@ pub const NOT_BEFORE: &str = "gregor-not-before";
 /// copy is a JSON reference to the original coordinates, not the payload, so replay refuses
 /// it (the original is read from those coordinates while the topic retains it).
 pub const PAYLOAD_OMITTED: &str = "gregor-payload-omitted";
+/// On a dead-letter copy sent without its payload: the original headers were left out too
+/// (only a short `ce_id` is kept), because they alone made the copy too large.
+pub const HEADERS_OMITTED: &str = "gregor-headers-omitted";
 /// On replayed copies: when `gregor dlq replay` republished it (RFC 3339).
 pub const REPLAYED_AT: &str = "gregor-replayed-at";
 
@@ -60,6 +63,7 @@ pub const DIAGNOSTIC_HEADERS: &[&str] = &[
     FIRST_FAILURE_AT,
     NOT_BEFORE,
     PAYLOAD_OMITTED,
+    HEADERS_OMITTED,
 ];
 
 /// Longest error message carried in [`ERROR_MESSAGE`], in bytes.
