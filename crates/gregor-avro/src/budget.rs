@@ -54,8 +54,14 @@ enum Node {
     Map(usize),
     /// `union` of these nodes: a branch index, then that branch.
     Union(Vec<usize>),
-    /// `record`: its fields in order, and what their names and slots cost.
-    Record { fields: Vec<usize>, cost: usize },
+    /// `record`: its fields in order, and what their names and slots cost — including the
+    /// fields only the reader has, which resolution fills from their defaults (`extra` values
+    /// more per record).
+    Record {
+        fields: Vec<usize>,
+        cost: usize,
+        extra: usize,
+    },
 }
 
 /// A writer schema compiled for the walk: its nodes, the root first.
@@ -68,14 +74,22 @@ pub(crate) struct Shape {
 }
 
 impl Shape {
-    /// Compiles `schema` (references resolved against itself).
-    pub(crate) fn compile(schema: &Schema) -> Result<Self, String> {
+    /// Compiles `schema` (references resolved against itself). With `reader`, each writer
+    /// record that the reader also has (same full name) is charged for the reader-only
+    /// fields resolution fills from their defaults: a writer record of few fields must not
+    /// buy, per byte of body, values the reader's defaults multiply.
+    pub(crate) fn compile(schema: &Schema, reader: Option<&Schema>) -> Result<Self, String> {
         let resolved = ResolvedSchema::try_from(schema)
             .map_err(|e| format!("writer schema: {}", crate::error_chain(&e)))?;
+        let mut reader_records = HashMap::new();
+        if let Some(reader) = reader {
+            collect_records(reader, None, &mut reader_records);
+        }
         let mut compiler = Compiler {
             names: resolved.get_names(),
             named: HashMap::new(),
             nodes: Vec::new(),
+            reader_records,
         };
         compiler.compile(schema, None)?;
         let nodes = compiler.nodes;
@@ -113,6 +127,61 @@ struct Compiler<'s, 'n> {
     /// Named types already compiled (or being compiled: recursion), by full name.
     named: HashMap<Name, usize>,
     nodes: Vec<Node>,
+    /// The reader's records by full name: each field's name and the cost of its default.
+    reader_records: ReaderRecords,
+}
+
+/// A reader schema's records by full name: each field's name and what its default costs once
+/// decoded (values, bytes); `None` for a field without a default.
+type ReaderRecords = HashMap<Name, Vec<(String, Option<(usize, usize)>)>>;
+
+/// Collects the records of a reader schema (see [`ReaderRecords`]).
+fn collect_records(schema: &Schema, namespace: NamespaceRef<'_>, out: &mut ReaderRecords) {
+    match schema {
+        Schema::Record(r) => {
+            let name = r.name.fully_qualified_name(namespace).into_owned();
+            if out.contains_key(&name) {
+                return;
+            }
+            let fields = r
+                .fields
+                .iter()
+                .map(|f| (f.name.clone(), f.default.as_ref().map(default_cost)))
+                .collect();
+            out.insert(name.clone(), fields);
+            for f in &r.fields {
+                collect_records(&f.schema, name.namespace(), out);
+            }
+        }
+        Schema::Array(a) => collect_records(&a.items, namespace, out),
+        Schema::Map(m) => collect_records(&m.types, namespace, out),
+        Schema::Union(u) => {
+            for v in u.variants() {
+                collect_records(v, namespace, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Values and bytes a default value takes once decoded: one slot per JSON node, plus its text.
+fn default_cost(value: &serde_json::Value) -> (usize, usize) {
+    fn walk(v: &serde_json::Value, items: &mut usize, bytes: &mut usize) {
+        *items = items.saturating_add(1);
+        *bytes = bytes.saturating_add(SLOT);
+        match v {
+            serde_json::Value::String(s) => *bytes = bytes.saturating_add(s.len()),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, items, bytes)),
+            serde_json::Value::Object(o) => o.iter().for_each(|(k, x)| {
+                *bytes = bytes.saturating_add(k.len().saturating_add(FIELD));
+                walk(x, items, bytes);
+            }),
+            _ => {}
+        }
+    }
+    let (mut items, mut bytes) = (0, 0);
+    walk(value, &mut items, &mut bytes);
+    (items, bytes)
 }
 
 impl Compiler<'_, '_> {
@@ -195,7 +264,24 @@ impl Compiler<'_, '_> {
                     fields.push(self.compile(&field.schema, name.namespace())?);
                     cost = cost.saturating_add(FIELD.saturating_add(field.name.len()));
                 }
-                self.nodes[at] = Node::Record { fields, cost };
+                let mut extra = 0usize;
+                if let Some(reader_fields) = self.reader_records.get(&name) {
+                    for (field, default) in reader_fields {
+                        if r.fields.iter().any(|w| &w.name == field) {
+                            continue;
+                        }
+                        let (items, bytes) = default.unwrap_or((1, SLOT));
+                        extra = extra.saturating_add(items);
+                        cost = cost.saturating_add(
+                            FIELD.saturating_add(field.len()).saturating_add(bytes),
+                        );
+                    }
+                }
+                self.nodes[at] = Node::Record {
+                    fields,
+                    cost,
+                    extra,
+                };
                 at
             }
             Schema::Ref { name } => {
@@ -485,9 +571,13 @@ impl Walk<'_> {
                 self.charge(1, SLOT)?;
                 self.value(*branch, depth)
             }
-            Node::Record { fields, cost } => {
+            Node::Record {
+                fields,
+                cost,
+                extra,
+            } => {
                 let depth = self.nest(depth)?;
-                self.charge(fields.len(), *cost)?;
+                self.charge(fields.len().saturating_add(*extra), *cost)?;
                 for &field in fields {
                     self.value(field, depth)?;
                 }

@@ -162,7 +162,7 @@ impl<T> AvroDeserializer<T> {
         if let Some(reader) = &reader {
             compat::can_read(&writer, reader)?;
         }
-        let shape = Shape::compile(&writer)?;
+        let shape = Shape::compile(&writer, reader.as_deref())?;
         CachedReader::try_new(
             Schemas {
                 writer,

@@ -62,7 +62,20 @@ const RICH: &str = r#"{"type":"record","name":"Rich","namespace":"t","fields":[
   {"name":"span","type":{"type":"fixed","name":"Span","size":12,"logicalType":"duration"}},
   {"name":"again","type":"Four"}]}"#;
 
-const IDS: [(u32, &str); 7] = [
+/// Items of a record without fields: nothing in the body, one value each for the writer.
+const EMPTY_ITEMS: &str =
+    r#"{"type":"array","items":{"type":"record","name":"Item","namespace":"t","fields":[]}}"#;
+
+/// The reader of [`EMPTY_ITEMS`]: ten fields per item, all filled from their defaults.
+const DEFAULTED_ITEMS: &str = r#"{"type":"array","items":{"type":"record","name":"Item","namespace":"t","fields":[
+  {"name":"a","type":"long","default":0},{"name":"b","type":"long","default":0},
+  {"name":"c","type":"long","default":0},{"name":"d","type":"long","default":0},
+  {"name":"e","type":"long","default":0},{"name":"f","type":"long","default":0},
+  {"name":"g","type":"long","default":0},{"name":"h","type":"long","default":0},
+  {"name":"i","type":"long","default":0},{"name":"j","type":"long","default":0}]}}"#;
+
+const IDS: [(u32, &str); 8] = [
+    (8, EMPTY_ITEMS),
     (1, NESTED),
     (2, EMPTY_RECORDS),
     (3, MAPPED),
@@ -535,4 +548,23 @@ async fn a_huge_fixed_in_the_writer_schema_is_a_truncation_not_an_allocation() {
     let err = result.expect_err("refused");
     assert!(err.to_string().contains("truncated"), "{err}");
     assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+#[tokio::test]
+async fn reader_defaults_count_toward_the_item_bound() {
+    // 100 000 empty writer records are 100 001 values for the walk, but resolution fills ten
+    // defaulted reader fields into each: 1 100 001 values and about 100 MB, over the default
+    // bounds (the byte bound is met first).
+    let mut body = long(100_000);
+    body.extend(long(0));
+    let deserializer = AvroDeserializer::<serde_json::Value>::new(client(), DEFAULTED_ITEMS)
+        .expect("reader")
+        .with_limits(DecodeLimits::default());
+    let (result, took) = decode(&deserializer, 8, &body).await;
+    assert_over(result, took, "GREGOR_AVRO_MAX_");
+    // A few items decode, with their defaults.
+    let mut body = long(2);
+    body.extend(long(0));
+    let (value, _) = decode(&deserializer, 8, &body).await;
+    assert!(value.is_ok(), "{value:?}");
 }
