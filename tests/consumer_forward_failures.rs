@@ -50,30 +50,70 @@ fn handler(
     }
 }
 
+/// A consumer of `topic` whose producer refuses copies over 4 000 bytes, running `handler`.
+struct Running {
+    seen: Arc<Mutex<Vec<String>>>,
+    metrics: gregor_consumer::ConsumerMetrics,
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<Result<(), ConsumerError>>,
+}
+
+impl Running {
+    async fn start(topic: &str, retry_tiers: &str) -> anyhow::Result<Self> {
+        let config = consumer_config(
+            &unique_name("g"),
+            None,
+            &[
+                ("GREGOR_CONSUMER_IN_PLACE_ATTEMPTS", "1"),
+                ("GREGOR_CONSUMER_RETRY_TIERS", retry_tiers),
+                // A message fits; its copy with diagnostics may not.
+                ("KAFKA_MESSAGE_MAX_BYTES", "4000"),
+            ],
+        )?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let consumer = Consumer::builder(config)
+            .route(topic, Raw, handler(seen.clone()))
+            .build()
+            .await?;
+        let metrics = consumer.metrics();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(consumer.run(shutdown.clone()));
+        Ok(Self {
+            seen,
+            metrics,
+            shutdown,
+            running,
+        })
+    }
+
+    /// Waits until the handler took the message with `key`.
+    async fn handled(&self, key: &str) -> anyhow::Result<()> {
+        wait_until(WAIT, "the next message of the partition", || async {
+            Ok(self
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|k| k == key)
+                .then_some(()))
+        })
+        .await
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.running).await???;
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_copy_too_large_is_sent_without_its_payload_and_the_partition_moves_on()
 -> anyhow::Result<()> {
     let topic = unique_name("fwd-large");
     let dlq = format!("{topic}.dlq");
     kafka::create_topic_family(&topic, 1, 0).await?;
-    let config = consumer_config(
-        &unique_name("g"),
-        None,
-        &[
-            ("GREGOR_CONSUMER_IN_PLACE_ATTEMPTS", "1"),
-            ("GREGOR_CONSUMER_RETRY_TIERS", "none"),
-            // The message itself fits; its copy with diagnostics does not.
-            ("KAFKA_MESSAGE_MAX_BYTES", "4000"),
-        ],
-    )?;
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let consumer = Consumer::builder(config)
-        .route(&topic, Raw, handler(seen.clone()))
-        .build()
-        .await?;
-    let metrics = consumer.metrics();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(consumer.run(shutdown.clone()));
+    let consumer = Running::start(&topic, "none").await?;
 
     kafka::produce(
         &topic,
@@ -100,18 +140,9 @@ async fn a_dead_letter_copy_too_large_is_sent_without_its_payload_and_the_partit
     assert_eq!(reference["offset"], 0, "{reference}");
     assert_eq!(reference["bytes"], 3900, "{reference}");
 
-    wait_until(WAIT, "the next message of the partition", || async {
-        Ok(seen
-            .lock()
-            .unwrap()
-            .contains(&"after".to_owned())
-            .then_some(()))
-    })
-    .await?;
-    assert!(forward_failures(&metrics, "too_large") >= 1.0);
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, running).await???;
-    Ok(())
+    consumer.handled("after").await?;
+    assert!(forward_failures(&consumer.metrics, "too_large") >= 1.0);
+    consumer.stop().await
 }
 
 /// Headers alone can make a copy too large: the smallest copy leaves them out (keeping a
@@ -121,22 +152,7 @@ async fn a_dead_letter_copy_with_huge_headers_is_sent_without_them() -> anyhow::
     let topic = unique_name("fwd-headers");
     let dlq = format!("{topic}.dlq");
     kafka::create_topic_family(&topic, 1, 0).await?;
-    let config = consumer_config(
-        &unique_name("g"),
-        None,
-        &[
-            ("GREGOR_CONSUMER_IN_PLACE_ATTEMPTS", "1"),
-            ("GREGOR_CONSUMER_RETRY_TIERS", "none"),
-            ("KAFKA_MESSAGE_MAX_BYTES", "4000"),
-        ],
-    )?;
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let consumer = Consumer::builder(config)
-        .route(&topic, Raw, handler(seen.clone()))
-        .build()
-        .await?;
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(consumer.run(shutdown.clone()));
+    let consumer = Running::start(&topic, "none").await?;
 
     kafka::produce(
         &topic,
@@ -160,17 +176,8 @@ async fn a_dead_letter_copy_with_huge_headers_is_sent_without_them() -> anyhow::
     );
     assert_eq!(copy.header(h::CE_ID).as_deref(), Some("id-headers"));
     assert!(copy.header("blob").is_none(), "the huge header is left out");
-    wait_until(WAIT, "the next message of the partition", || async {
-        Ok(seen
-            .lock()
-            .unwrap()
-            .contains(&"after".to_owned())
-            .then_some(()))
-    })
-    .await?;
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, running).await???;
-    Ok(())
+    consumer.handled("after").await?;
+    consumer.stop().await
 }
 
 /// nisshi has no ACLs and keeps serving a deleted topic, so the broker that refuses the
@@ -243,22 +250,7 @@ async fn a_dead_letter_topic_that_refuses_writes_stops_the_consumer_naming_it() 
 async fn a_retry_copy_too_large_is_dead_lettered_instead() -> anyhow::Result<()> {
     let topic = unique_name("fwd-retry-large");
     kafka::create_topic_family(&topic, 1, 1).await?;
-    let config = consumer_config(
-        &unique_name("g"),
-        None,
-        &[
-            ("GREGOR_CONSUMER_IN_PLACE_ATTEMPTS", "1"),
-            ("GREGOR_CONSUMER_RETRY_TIERS", "100ms"),
-            ("KAFKA_MESSAGE_MAX_BYTES", "4000"),
-        ],
-    )?;
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let consumer = Consumer::builder(config)
-        .route(&topic, Raw, handler(seen.clone()))
-        .build()
-        .await?;
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(consumer.run(shutdown.clone()));
+    let consumer = Running::start(&topic, "100ms").await?;
     kafka::produce(
         &topic,
         vec![
@@ -273,16 +265,8 @@ async fn a_retry_copy_too_large_is_dead_lettered_instead() -> anyhow::Result<()>
         Some("too-large")
     );
     assert_eq!(copies[0].header(h::ATTEMPT).as_deref(), Some("1"));
-    wait_until(WAIT, "the next message of the partition", || async {
-        Ok(seen
-            .lock()
-            .unwrap()
-            .contains(&"after".to_owned())
-            .then_some(()))
-    })
-    .await?;
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, running).await???;
+    consumer.handled("after").await?;
+    consumer.stop().await?;
     let retried = kafka::read_to_end(&format!("{topic}.retry.1"), Duration::from_secs(5)).await?;
     assert!(retried.is_empty(), "no stub on the retry tier: {retried:?}");
     Ok(())
