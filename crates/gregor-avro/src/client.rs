@@ -581,13 +581,20 @@ mod tests {
         assert!(client.schema_by_id(1).await.is_err());
         assert!(client.schema_by_id(2).await.is_err());
         assert_eq!(requests.load(Ordering::SeqCst), 2, "one per id");
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        assert!(client.schema_by_id(1).await.is_err());
-        assert_eq!(
-            requests.load(Ordering::SeqCst),
-            3,
-            "asked again after the TTL"
-        );
+        // Until the TTL passes every lookup is answered from the cache; the first one after
+        // it asks the registry again.
+        let asked_again = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                assert!(client.schema_by_id(1).await.is_err());
+                if requests.load(Ordering::SeqCst) > 2 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(asked_again.is_ok(), "asked again after the TTL");
+        assert_eq!(requests.load(Ordering::SeqCst), 3, "exactly once more");
 
         let (url, requests) = not_found_registry().await;
         let mut config = RegistryConfig::new(url);

@@ -161,8 +161,6 @@ async fn while_hostile(
     };
     let started = Instant::now();
     let (mut worst_read, mut worst_write, mut probes) = (Duration::ZERO, Duration::ZERO, 0);
-    // Let the request reach the check before probing.
-    tokio::time::sleep(Duration::from_millis(20)).await;
     while !hostile.is_finished() && started.elapsed() < give_up {
         let read = tokio::time::timeout(
             Duration::from_secs(2),
@@ -205,6 +203,7 @@ async fn while_hostile(
             worst_write = worst_write.max(took);
         }
         probes += 1;
+        // Probe cadence (a load pattern, not synchronisation).
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     if !hostile.is_finished() {
