@@ -36,5 +36,5 @@ pub use env::Env;
 pub use error::ConfigError;
 pub use kafka::{BOOTSTRAP_VAR, KafkaSettings};
 pub use probe::BrokerStatus;
-pub use producer::RebuildableProducer;
+pub use producer::{RebuildableProducer, refuses_producer};
 pub use secret::{DatabaseUrl, Secret};

@@ -14,6 +14,25 @@ use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer, PurgeConfig};
 
+/// Whether a send failed because the broker refuses the producer itself — its id, epoch or
+/// sequence numbers — or librdkafka put it in its fatal state, rather than because of the
+/// record or the connection: retrying with the same producer does not help, rebuilding does.
+/// `Unknown` is what nisshi answers to librdkafka's epoch bump after message timeouts.
+pub fn refuses_producer(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::Fatal
+            | C::Unknown
+            | C::OutOfOrderSequenceNumber
+            | C::DuplicateSequenceNumber
+            | C::UnknownProducerId
+            | C::InvalidProducerEpoch
+            | C::InvalidProducerIdMapping
+            | C::ProducerFenced
+    )
+}
+
 /// A [`FutureProducer`] plus the configuration to build it again.
 pub struct RebuildableProducer {
     config: ClientConfig,

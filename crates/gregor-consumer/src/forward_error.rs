@@ -51,14 +51,8 @@ pub(crate) fn classify(error: &KafkaError) -> SendFailure {
         | C::InvalidRecord
         | C::PolicyViolation
         | C::InvalidArgument => SendFailure::Unwritable,
-        C::Fatal
-        | C::OutOfOrderSequenceNumber
-        | C::UnknownProducerId
-        | C::InvalidProducerEpoch
-        | C::InvalidProducerIdMapping
-        | C::ProducerFenced
-        // What nisshi answers to a bumped epoch (see the relay's publisher).
-        | C::Unknown => SendFailure::Producer,
+        // The same set the relay rebuilds its producer for.
+        c if gregor_config::refuses_producer(c) => SendFailure::Producer,
         _ => SendFailure::Transient,
     }
 }

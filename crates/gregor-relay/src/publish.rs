@@ -99,22 +99,12 @@ pub(crate) struct Publisher {
 /// Whole batches refused for the producer's state before it is rebuilt.
 const REFUSED_BATCHES_BEFORE_REBUILD: u32 = 3;
 
-/// Errors by which a broker refuses the producer itself (its id, epoch or sequence numbers),
-/// not the record or the connection. `Unknown` is what nisshi answers to a bumped epoch.
+/// Errors by which a broker refuses the producer itself (shared with the consumer's
+/// forwarder: [`gregor_config::refuses_producer`]).
 fn rejects_producer_state(error: &KafkaError) -> bool {
-    use RDKafkaErrorCode as C;
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            C::Unknown
-                | C::OutOfOrderSequenceNumber
-                | C::DuplicateSequenceNumber
-                | C::UnknownProducerId
-                | C::InvalidProducerEpoch
-                | C::InvalidProducerIdMapping
-                | C::ProducerFenced
-        )
-    )
+    error
+        .rdkafka_error_code()
+        .is_some_and(gregor_config::refuses_producer)
 }
 
 impl std::fmt::Debug for Publisher {
