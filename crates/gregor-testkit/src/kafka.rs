@@ -253,10 +253,15 @@ fn assigned_consumer(
         .set("group.id", crate::unique_name("reader"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // Below the log start (a real Kafka after retention): from the earliest record.
+        .set("auto.offset.reset", "earliest")
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        // Offset 0 rather than `Beginning`: nisshi's ListOffsets(earliest) can answer the
+        // batch written first in time instead of the lowest offset, and the reader would
+        // start past records (docs/nisshi.md).
+        tpl.add_partition_offset(topic, p, Offset::Offset(0))?;
     }
     consumer.assign(&tpl)?;
     Ok(consumer)
@@ -359,8 +364,17 @@ pub async fn create_topic_family(topic: &str, partitions: i32, tiers: usize) -> 
 /// The offsets `group` has committed for each partition of `topic` (partitions without a
 /// commit are left out). Reads them without joining the group.
 pub fn committed_offsets(group: &str, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {
+    committed_offsets_on(&crate::kafka_bootstrap()?, group, topic)
+}
+
+/// [`committed_offsets`] on the broker at `bootstrap`.
+pub fn committed_offsets_on(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+) -> anyhow::Result<HashMap<i32, i64>> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", crate::kafka_bootstrap()?)
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()?;

@@ -5,14 +5,14 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 use anyhow::{Context, bail};
 
-/// The path of a workspace binary built beside the running test (`target/<profile>/<name>`).
+/// The path of a workspace binary built beside the running program (`target/<profile>/<name>`),
+/// from a test binary (`target/<profile>/deps/`) or from another workspace binary.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test-binary>
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .context("unexpected test binary location")?;
+    let mut dir = exe.parent().context("unexpected binary location")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().context("unexpected test binary location")?;
+    }
     let path = dir.join(name);
     if !path.exists() {
         bail!(

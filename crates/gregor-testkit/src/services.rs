@@ -438,8 +438,18 @@ impl PrivatePostgres {
 
     /// Stops the server (fast shutdown: open connections are cut).
     pub fn stop(&self) -> anyhow::Result<()> {
+        self.stop_with("fast")
+    }
+
+    /// Stops the server with an immediate shutdown: no checkpoint, crash recovery at the
+    /// next start, as after a machine failure.
+    pub fn crash(&self) -> anyhow::Result<()> {
+        self.stop_with("immediate")
+    }
+
+    fn stop_with(&self, mode: &str) -> anyhow::Result<()> {
         let status = as_postgres(&self.bin.join("pg_ctl"))
-            .args(["-m", "fast", "-w", "-D"])
+            .args(["-m", mode, "-w", "-D"])
             .arg(self.dir.join("data"))
             .arg("stop")
             .stdout(Stdio::null())
