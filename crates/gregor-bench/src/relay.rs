@@ -193,8 +193,8 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
         .await?;
 
     let (p50, p99, bare_p50, bare_p99) = latency(&db, &bootstrap, &relay_bin, &o, false).await?;
-    // A broker that loses acknowledged records across the hand-over makes the reader come up
-    // short: report it instead of ending the run.
+    // Records lost across the hand-over end this scenario with the count (checked by a full
+    // re-read, see `latency`); the rest of the run goes on.
     match latency(&db, &bootstrap, &relay_bin, &o, true).await {
         Ok((roll_p50, roll_p99, _, _)) => emit(
             "relay_latency_p99_rolling_restart",
@@ -654,12 +654,35 @@ async fn latency(
     for t in tasks {
         t.await??;
     }
-    let mut samples = reader.await??;
+    let (mut samples, seen) = reader.await??;
     if let Some(restarts) = restarts {
         relays = restarts.await??;
     }
     for relay in relays {
         relay.stop();
+    }
+    if (seen.len() as u64) < total {
+        // nisshi can hand a live reader a later batch while an earlier one is still being
+        // stored, and the reader never sees the earlier one (docs/nisshi.md). Tell that apart
+        // from a loss with a full read from offset 0, now that nothing is produced.
+        let all: std::collections::HashSet<Uuid> =
+            kafka::read_to_end_on(bootstrap, &topic, Duration::from_secs(60))
+                .await?
+                .iter()
+                .filter_map(|m| m.header("ce_id").and_then(|v| v.parse().ok()))
+                .collect();
+        if (all.len() as u64) < total {
+            bail!(
+                "events lost: {} of {total} on the broker (the live reader saw {})",
+                all.len(),
+                seen.len()
+            );
+        }
+        println!(
+            "latency: the live reader missed {} of {total} events that a full re-read found \
+             (nisshi's live-read race, docs/nisshi.md); their latency is not counted",
+            total - seen.len() as u64
+        );
     }
     let p50 = quantile(&mut samples, 500);
     let p99 = quantile(&mut samples, 990);
@@ -707,7 +730,7 @@ fn read_latencies(
     total: u64,
     committed: &Mutex<HashMap<Uuid, Instant>>,
     ready: &std::sync::atomic::AtomicBool,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<(Vec<f64>, std::collections::HashSet<Uuid>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique_name("bench-latency"))
@@ -754,8 +777,5 @@ fn read_latencies(
             samples.push(received.saturating_duration_since(at).as_secs_f64() * 1000.0);
         }
     }
-    if (seen.len() as u64) < total {
-        bail!("latency reader saw {} of {total} events", seen.len());
-    }
-    Ok(samples)
+    Ok((samples, seen))
 }
