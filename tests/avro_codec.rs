@@ -374,7 +374,8 @@ async fn bad_input_corpus_has_documented_outcomes() -> anyhow::Result<()> {
         let got = decoder.decode(&bytes).await;
         match (expected, got) {
             (Outcome::Ok, Ok(_)) => {}
-            (Outcome::Malformed(text), Err(DecodeError::Malformed(reason))) => {
+            (Outcome::Malformed(text), Err(e @ DecodeError::Malformed { .. })) => {
+                let reason = e.reason();
                 assert!(reason.contains(text), "{name}: {reason:?} lacks {text:?}");
             }
             (expected, got) => panic!("{name}: expected {expected:?}, got {got:?}"),
@@ -405,7 +406,8 @@ async fn unreachable_registry_is_unavailable_not_malformed() -> anyhow::Result<(
     config.retries = 0;
     let decoder = Avro::<ParcelV1>::new(RegistryClient::new(config)?, V1)?;
     match decoder.decode(&bytes).await {
-        Err(DecodeError::Unavailable(reason)) => {
+        Err(e @ DecodeError::Unavailable { .. }) => {
+            let reason = e.reason();
             assert!(reason.contains("unreachable"), "{reason}");
             assert!(reason.contains(&registry.url()), "names the URL: {reason}");
         }
@@ -454,7 +456,8 @@ async fn basic_auth_to_the_registry() -> anyhow::Result<()> {
     // A consumer with the wrong credentials waits instead of dead-lettering.
     let decoder = Avro::<ParcelV1>::new(anonymous, V1)?;
     match decoder.decode(&bytes).await {
-        Err(DecodeError::Unavailable(reason)) => {
+        Err(e @ DecodeError::Unavailable { .. }) => {
+            let reason = e.reason();
             assert!(
                 reason.contains("401") && !reason.contains("canary"),
                 "{reason}"

@@ -62,8 +62,8 @@ impl<T: DeserializeOwned + Send + 'static> Decoder for Avro<T> {
 /// The bytes' fault → dead-letter; anything else (registry down, misconfigured) → wait.
 fn classify(error: AvroError) -> DecodeError {
     if error.is_payload_fault() {
-        DecodeError::Malformed(format!("avro: {error}"))
+        DecodeError::malformed("avro", error)
     } else {
-        DecodeError::Unavailable(format!("avro: {error}"))
+        DecodeError::unavailable("avro", error)
     }
 }

@@ -59,7 +59,7 @@ impl<T: DeserializeOwned + Send + 'static> Decoder for Json<T> {
     type Value = T;
 
     async fn decode(&self, payload: &[u8]) -> Result<T, DecodeError> {
-        serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(format!("json: {e}")))
+        serde_json::from_slice(payload).map_err(|e| DecodeError::malformed("json", e))
     }
 }
 
@@ -77,6 +77,7 @@ mod tests {
         let d = Json::<Order>::new();
         assert_eq!(d.decode(br#"{"id":7}"#).await.unwrap(), Order { id: 7 });
         let err = d.decode(b"\x00\xff").await.unwrap_err();
-        assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
+        assert!(matches!(err, DecodeError::Malformed { .. }), "{err}");
+        assert!(err.reason().starts_with("json: "), "{}", err.reason());
     }
 }

@@ -6,21 +6,24 @@ use crate::ErrorKind;
 /// A boxed error from a handler or decoder.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// What a handler reports when it cannot finish a message.
+/// What a handler reports when it cannot finish a message. Each variant is its cause, shown
+/// and chained as is (`source()` is the cause's own source), so a handler's typed error can
+/// be downcast from it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandlerError {
     /// Worth trying again later (a database or downstream service hiccup).
-    #[error("{0}")]
+    #[error(transparent)]
     Retryable(BoxError),
     /// Will never succeed as is (the event breaks a business rule); dead-lettered at once.
-    #[error("{0}")]
+    #[error(transparent)]
     Permanent(BoxError),
     /// A dependency cannot be reached (the database is down): not the event's fault. The
     /// message waits in place, its partition paused behind it, and is tried again until the
     /// dependency answers; it is never forwarded to a retry tier or dead-lettered for this.
     /// `From<sqlx::Error>` gives this for connection failures (see
     /// [`is_database_unreachable`](crate::is_database_unreachable)).
-    #[error("{0}")]
+    #[error(transparent)]
     Unavailable(BoxError),
 }
 
@@ -83,21 +86,80 @@ impl From<sqlx::Error> for HandlerError {
     }
 }
 
-/// Why a payload could not be decoded.
+/// Why a payload could not be decoded. The decoder's own error is the [`source`]
+/// (`std::error::Error::source`); [`DecodeError::reason`] is the text recorded with the
+/// message (`gregor-error-message` on a dead letter).
+///
+/// [`source`]: std::error::Error::source
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The bytes are not what the decoder expects; dead-lettered at once
     /// (`gregor-error-kind=decode`).
-    #[error("malformed payload: {0}")]
-    Malformed(String),
+    #[error("malformed {format} payload")]
+    Malformed {
+        /// The format the decoder reads (`json`, `avro`, …).
+        format: &'static str,
+        /// What the decoder refused.
+        #[source]
+        source: BoxError,
+    },
     /// The decoder's dependency (a schema registry) is unreachable; retried, never
     /// dead-lettered for this reason alone.
-    #[error("decoder unavailable: {0}")]
-    Unavailable(String),
+    #[error("{format} decoder unavailable")]
+    Unavailable {
+        /// The format the decoder reads.
+        format: &'static str,
+        /// Why the dependency cannot be used.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl DecodeError {
+    /// The payload is not valid `format`.
+    pub fn malformed(format: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Malformed {
+            format,
+            source: source.into(),
+        }
+    }
+
+    /// The `format` decoder cannot work now (its registry is down).
+    pub fn unavailable(format: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable {
+            format,
+            source: source.into(),
+        }
+    }
+
+    /// Whether decoding again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+
+    /// `<format>: <the source and its sources, joined by ": ">` — the reason recorded with
+    /// the message.
+    pub fn reason(&self) -> String {
+        let (Self::Malformed { format, source } | Self::Unavailable { format, source }) = self;
+        let mut text = format!("{format}: {source}");
+        let mut next = source.source();
+        while let Some(e) = next {
+            let part = e.to_string();
+            // Many errors repeat their source in their own message already.
+            if !text.contains(&part) {
+                text.push_str(": ");
+                text.push_str(&part);
+            }
+            next = e.source();
+        }
+        text
+    }
 }
 
 /// Errors of the consumer runtime itself.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConsumerError {
     /// Invalid configuration.
     #[error(transparent)]

@@ -59,7 +59,7 @@ impl<T> Event<T> {
     }
 }
 
-type SharedTx = Arc<Mutex<Option<Transaction<'static, Postgres>>>>;
+pub(crate) type SharedTx = Arc<Mutex<Option<Transaction<'static, Postgres>>>>;
 
 /// Per-message context: the dedupe transaction and the consumer's identity.
 ///

@@ -50,6 +50,7 @@ mod avro;
 mod config;
 mod decode;
 mod dedupe;
+mod dedupe_tx;
 mod error;
 mod event;
 mod forward;

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 
-use crate::{Context, DecodeError, Decoder, Event, HandlerError, RetryPolicy};
+use crate::{Context, Decoder, Event, HandlerError, RetryPolicy};
 
 /// A typed handler: `async fn(Context, Event<T>) -> Result<(), HandlerError>`.
 pub trait Handler<T>: Send + Sync + 'static {
@@ -151,16 +151,15 @@ where
                 None => None,
                 Some(bytes) => match self.decoder.decode(bytes).await {
                     Ok(v) => Some(v),
-                    Err(DecodeError::Malformed(m)) => {
-                        return Attempt::Failed {
-                            kind: ErrorKind::Decode,
-                            message: m,
+                    Err(e) => {
+                        let kind = if e.is_retryable() {
+                            ErrorKind::Unavailable
+                        } else {
+                            ErrorKind::Decode
                         };
-                    }
-                    Err(DecodeError::Unavailable(m)) => {
                         return Attempt::Failed {
-                            kind: ErrorKind::Unavailable,
-                            message: m,
+                            kind,
+                            message: e.reason(),
                         };
                     }
                 },

@@ -10,7 +10,7 @@ use chrono::Utc;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use sqlx::PgPool;
-use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -18,12 +18,12 @@ use gregor_wire::{TopicKind, base_topic, dlq_topic, retry_topic};
 
 use crate::Context;
 use crate::dedupe;
+use crate::dedupe_tx::{DedupeTx, DedupeTxError};
 use crate::forward::{self, Failure, Stage};
 use crate::forward_error::ForwardError;
 use crate::forwarder::{Forwarder, Stop};
 use crate::metrics::{ConsumerMetrics, outcome};
 use crate::offsets::{Offsets, PartKey};
-use crate::outage;
 use crate::retry_headers;
 use crate::route::{Attempt, ErrorKind, EventMeta, RouteEntry};
 use crate::router::{self, Decision, Tally};
@@ -175,21 +175,16 @@ impl Worker {
         pool: &PgPool,
         msgs: &[OwnedMessage],
         base: &str,
-    ) -> Result<Vec<Outcome>, String> {
+    ) -> Result<Vec<Outcome>, BatchFailure> {
         let keys: Vec<String> = msgs
             .iter()
             .map(|m| dedupe::key_of(entry.dedupe_key.as_ref(), m, &self.group))
             .collect();
-        let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
-        let mut new = dedupe::mark_batch(&mut tx, &self.group, &keys, msgs)
-            .await
-            .map_err(|e| e.to_string())?;
-        let shared = Arc::new(Mutex::new(Some(tx)));
-        let ctx = Context::new(self.group.clone(), Some(pool.clone()), Some(shared.clone()));
+        let mut tx = DedupeTx::begin(pool, &self.group, &keys, msgs).await?;
+        let ctx = tx.context(self.group.clone(), pool);
         let mut outcomes = Vec::with_capacity(msgs.len());
         for (msg, key) in msgs.iter().zip(&keys) {
-            // `remove` makes a key repeated inside the batch a duplicate after its first copy.
-            if !new.remove(key) {
+            if !tx.claim(key) {
                 outcomes.push(Outcome::Duplicate);
                 continue;
             }
@@ -199,18 +194,12 @@ impl Worker {
                 attempt: retry_headers::attempt_number(prior, 0),
             };
             if let Attempt::Failed { message, .. } = entry.route.run(msg, meta, ctx.clone()).await {
-                if let Some(tx) = shared.lock().await.take() {
-                    let _ = tx.rollback().await;
-                }
-                return Err(message);
+                tx.rollback().await;
+                return Err(BatchFailure::Handler(message));
             }
             outcomes.push(Outcome::Handled);
         }
-        let tx = shared.lock().await.take();
-        let tx = tx.ok_or("the dedupe transaction vanished before commit")?;
-        dedupe::commit_checked(tx)
-            .await
-            .map_err(|e| e.to_string())?;
+        tx.commit().await?;
         Ok(outcomes)
     }
 
@@ -456,53 +445,56 @@ impl Worker {
             }
         };
         let key = dedupe::key_of(entry.dedupe_key.as_ref(), msg, &self.group);
-        // A database that cannot be reached is an outage to wait out, not the message's fault.
-        let db_failed = |e: sqlx::Error| {
-            if outage::is_database_unreachable(&e) {
-                AttemptResult::Failed(ErrorKind::Unavailable, format!("database unreachable: {e}"))
-            } else {
-                AttemptResult::Failed(ErrorKind::Retryable, format!("dedupe: {e}"))
-            }
-        };
-        let mut tx = match pool.begin().await {
+        let mut tx = match DedupeTx::begin(
+            pool,
+            &self.group,
+            std::slice::from_ref(&key),
+            std::slice::from_ref(msg),
+        )
+        .await
+        {
             Ok(tx) => tx,
-            Err(e) => return db_failed(e),
+            Err(e) => return e.into(),
         };
-        match dedupe::mark(&mut tx, &self.group, &key, msg).await {
-            Ok(true) => {}
-            Ok(false) => {
-                let _ = tx.rollback().await;
-                return AttemptResult::Duplicate;
-            }
-            Err(e) => return db_failed(e),
+        if !tx.claim(&key) {
+            tx.rollback().await;
+            return AttemptResult::Duplicate;
         }
-        let shared = Arc::new(Mutex::new(Some(tx)));
-        let ctx = Context::new(self.group.clone(), Some(pool.clone()), Some(shared.clone()));
-        let result = entry.route.run(msg, meta, ctx).await;
-        let tx = shared.lock().await.take();
-        match (result, tx) {
-            (Attempt::Ok, Some(tx)) => match dedupe::commit_checked(tx).await {
+        let ctx = tx.context(self.group.clone(), pool);
+        match entry.route.run(msg, meta, ctx).await {
+            Attempt::Ok => match tx.commit().await {
                 Ok(()) => AttemptResult::Handled,
-                Err(e) => db_failed(e),
+                Err(e) => e.into(),
             },
-            (Attempt::Ok, None) => AttemptResult::Failed(
-                ErrorKind::Retryable,
-                "the dedupe transaction vanished before commit".to_owned(),
-            ),
-            (failed, tx) => {
-                if let Some(tx) = tx {
-                    let _ = tx.rollback().await;
-                }
+            failed => {
+                tx.rollback().await;
                 failed.into()
             }
         }
     }
 }
 
+/// Why a batch was rolled back (its messages are then handled one by one).
+#[derive(Debug, thiserror::Error)]
+enum BatchFailure {
+    /// The dedupe transaction failed.
+    #[error(transparent)]
+    Dedupe(#[from] DedupeTxError),
+    /// A handler failed on one of the batch's messages.
+    #[error("a handler failed: {0}")]
+    Handler(String),
+}
+
 enum AttemptResult {
     Handled,
     Duplicate,
     Failed(ErrorKind, String),
+}
+
+impl From<DedupeTxError> for AttemptResult {
+    fn from(e: DedupeTxError) -> Self {
+        Self::Failed(e.kind(), e.message())
+    }
 }
 
 impl From<Attempt> for AttemptResult {

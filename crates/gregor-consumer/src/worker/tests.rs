@@ -55,7 +55,7 @@ fn read_first(bootstrap: &str, topic: &str) -> (HashMap<String, String>, Option<
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+    tpl.add_partition_offset(topic, 0, Offset::Offset(0))
         .unwrap();
     consumer.assign(&tpl).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
