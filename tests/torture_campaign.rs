@@ -21,11 +21,12 @@ async fn fixed_seeds_keep_every_promise_and_a_sabotaged_consumer_is_caught() -> 
         let outcome = run(&options).await?;
         eprintln!(
             "seed {seed}: {} events, {} faults, settled {:?} ms after the healing, {} records \
-             missed by the live reader\n{}",
+             missed by the live reader, reader errors {:?}\n{}",
             outcome.events,
             outcome.faults,
             outcome.settled_ms,
             outcome.missed_live,
+            outcome.reader_errors,
             outcome.report.summary()
         );
         if let Some(diagnosis) = &outcome.diagnosis {

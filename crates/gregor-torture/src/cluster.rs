@@ -171,11 +171,8 @@ impl Cluster {
             }
             Fault::RestartPostgres { immediate, down_ms } => {
                 let pg = self.pg.lock().await;
-                if immediate {
-                    pg.crash()?;
-                } else {
-                    pg.stop()?;
-                }
+                // `pg_ctl -w` blocks until the server is down: off the async workers.
+                tokio::task::block_in_place(|| if immediate { pg.crash() } else { pg.stop() })?;
                 let how = if immediate { "immediate" } else { "fast" };
                 self.record(format!("postgres stopped ({how}) for {down_ms} ms"));
                 tokio::time::sleep(Duration::from_millis(down_ms)).await;
@@ -249,8 +246,11 @@ impl Cluster {
                         _ => break None,
                     }
                 };
-                if !status.is_some_and(|s| s.success()) {
+                if status.is_none() {
+                    // Still running (not reaped, so its pid is still its own).
                     let _ = proc.kill9();
+                }
+                if !status.is_some_and(|s| s.success()) {
                     bad.push(format!("{role:?} {i} ({status:?}):\n{}", proc.log()));
                 }
             }

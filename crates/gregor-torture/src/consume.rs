@@ -17,8 +17,29 @@ enum Mode {
     EffectOutsideDedupe,
 }
 
-const INSERT: &str =
-    "INSERT INTO torture_effects (event_id, key, seq, part, off) VALUES ($1, $2, $3, $4, $5)";
+const INSERT: &str = "INSERT INTO torture_effects (event_id, key, seq, prev_seq, part, off)
+                      VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Locks the key's `torture_applied` row, records `seq` as applied and returns the seq the
+/// previous committed effect of the key applied (`None` for the first). Under the row lock,
+/// so the returned values follow commit order.
+async fn applied(
+    db: &mut sqlx::PgConnection,
+    key: &str,
+    seq: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    let prev: Option<i64> =
+        sqlx::query_scalar("SELECT seq FROM torture_applied WHERE key = $1 FOR UPDATE")
+            .bind(key)
+            .fetch_optional(&mut *db)
+            .await?;
+    sqlx::query("UPDATE torture_applied SET seq = $2 WHERE key = $1")
+        .bind(key)
+        .bind(seq)
+        .execute(&mut *db)
+        .await?;
+    Ok(prev.filter(|p| *p > 0))
+}
 
 async fn handle(ctx: Context, event: Event<Vec<u8>>, mode: Mode) -> Result<(), HandlerError> {
     let id: uuid::Uuid = event
@@ -37,22 +58,28 @@ async fn handle(ctx: Context, event: Event<Vec<u8>>, mode: Mode) -> Result<(), H
             let pool = ctx
                 .pool()
                 .ok_or_else(|| HandlerError::permanent("no pool"))?;
+            let mut db = pool.begin().await?;
+            let prev = applied(&mut db, &key, seq).await?;
             sqlx::query(INSERT)
                 .bind(id)
                 .bind(&key)
                 .bind(seq)
+                .bind(prev)
                 .bind(partition)
                 .bind(offset)
-                .execute(pool)
+                .execute(&mut *db)
                 .await?;
+            db.commit().await?;
             Ok(())
         }
         Mode::Correct | Mode::SkipEffects => {
             let mut tx = ctx.transaction().await?;
+            let prev = applied(&mut tx, &key, seq).await?;
             sqlx::query(INSERT)
                 .bind(id)
                 .bind(&key)
                 .bind(seq)
+                .bind(prev)
                 .bind(partition)
                 .bind(offset)
                 .execute(&mut *tx)

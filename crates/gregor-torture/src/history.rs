@@ -83,6 +83,9 @@ pub struct Effect {
     pub key: String,
     /// Sequence number.
     pub seq: i64,
+    /// The seq the key's previous committed effect applied (`None` for its first): read
+    /// under the key's row lock, so effects in commit order have `prev_seq < seq`.
+    pub prev_seq: Option<i64>,
     /// Partition and offset of the record handled.
     pub partition: i32,
     /// Offset of the record handled.
@@ -148,6 +151,8 @@ pub struct History {
     pub final_offsets: BTreeMap<i32, i64>,
     /// Rows parked at the end.
     pub parked: Vec<Parked>,
+    /// Rows found parked just before a requeue during the run.
+    pub parked_midrun: Vec<Parked>,
     /// Rows still in the outbox at the end (parked or not).
     pub unpublished: Vec<Uuid>,
     /// Faults injected.

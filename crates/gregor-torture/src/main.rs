@@ -116,6 +116,12 @@ async fn campaign(options: &Options, runs: u64, until: Option<Instant>) -> anyho
             violated += 1;
             println!("{}\n{diagnosis}", outcome.report.summary());
         }
+        if outcome.missed_live > 0 || !outcome.reader_errors.is_empty() {
+            println!(
+                "       reader: {} records missed live and found by the re-read; errors: {:?}",
+                outcome.missed_live, outcome.reader_errors
+            );
+        }
         for log in &outcome.unclean {
             println!("did not stop cleanly: {log}");
         }

@@ -53,8 +53,9 @@ pub struct Options {
     /// No faults at all (a baseline run).
     #[arg(long)]
     pub no_faults: bool,
-    /// Also check what a compacted topic keeps (the last record per key is its last value).
-    #[arg(long, default_value_t = true)]
+    /// Check what a compacted topic keeps: the last record of every key is its last value
+    /// (on by default; `--no-compacted` turns it off).
+    #[arg(long = "no-compacted", action = clap::ArgAction::SetFalse)]
     pub compacted: bool,
     /// A deliberate defect (checker self-test).
     #[arg(long, value_enum)]

@@ -142,7 +142,8 @@ fn record(m: &BorrowedMessage<'_>, at_ms: u64) -> Record {
 
 /// Reads `topics` again from offset 0 once nothing is produced any more: until every
 /// partition reached `ends` (the next offset after the last record the live reader saw) and
-/// nothing arrived for 3 s, at most 60 s. Records get `at_ms` = `now_ms`.
+/// nothing arrived for 3 s; an error when that takes over 60 s (a partial re-read would be
+/// reported as lost records). Records get `at_ms` = `now_ms`.
 pub fn reread(
     bootstrap: &str,
     topics: &[(String, i32)],
@@ -161,12 +162,25 @@ pub fn reread(
     let mut next: HashMap<(String, i32), i64> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last_arrival = Instant::now();
-    while Instant::now() < deadline {
+    loop {
         let reached = ends
             .iter()
             .all(|(tp, end)| next.get(tp).is_some_and(|n| n >= end));
         if reached && last_arrival.elapsed() > Duration::from_secs(3) {
             break;
+        }
+        if Instant::now() >= deadline {
+            let short: Vec<String> = ends
+                .iter()
+                .filter(|(tp, end)| next.get(*tp).is_none_or(|n| n < *end))
+                .map(|((t, p), end)| {
+                    format!("{t}[{p}] at {:?} of {end}", next.get(&(t.clone(), *p)))
+                })
+                .collect();
+            anyhow::bail!(
+                "the re-read from offset 0 did not finish in 60 s: {}",
+                short.join(", ")
+            );
         }
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
             continue;

@@ -45,6 +45,8 @@ pub struct Outcome {
     pub diagnosis: Option<String>,
     /// Records the live reader missed and the full re-read found (nisshi's read race).
     pub missed_live: usize,
+    /// Errors the independent reader met (distinct messages).
+    pub reader_errors: Vec<String>,
 }
 
 fn ms_since(t: Instant) -> u64 {
@@ -53,6 +55,12 @@ fn ms_since(t: Instant) -> u64 {
 
 /// Runs one seed.
 pub async fn run(o: &Options) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        o.relays > 0 && o.consumers > 0 && o.writers > 0 && o.partitions > 0,
+        "a run needs at least one relay, consumer, writer and partition"
+    );
+    anyhow::ensure!(o.lease_ttl_ms >= 500, "--lease-ttl-ms must be at least 500");
+    anyhow::ensure!(o.seconds >= 5, "--seconds must be at least 5");
     std::fs::create_dir_all(&o.out)?;
     let begun = Instant::now();
     let pg = PrivatePostgres::start().await?;
@@ -72,10 +80,17 @@ pub async fn run(o: &Options) -> anyhow::Result<Outcome> {
     for statement in SCHEMA.split(';').filter(|s| !s.trim().is_empty()) {
         sqlx::query(statement).execute(&db.pool).await?;
     }
-    sqlx::query("INSERT INTO torture_keys (key) SELECT unnest($1::text[])")
+    for table in ["torture_keys", "torture_applied"] {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (key) SELECT unnest($1::text[])"
+        ))
         .bind(keys())
         .execute(&db.pool)
         .await?;
+    }
+    // The group starts at offset 0 of every partition rather than resolving `earliest`, which
+    // nisshi can answer with a later batch (docs/nisshi.md).
+    start_group_at_zero(&bootstrap, &group, &topic, o.partitions).await?;
     // The consumer creates its dedupe table itself; the effects table exists already.
     let ttl = o.lease_ttl_ms.to_string();
     let relay_env = vec![
@@ -178,15 +193,29 @@ pub async fn run(o: &Options) -> anyhow::Result<Outcome> {
 
     // Faults.
     let plan = schedule(o);
+    let parked_midrun: Arc<Mutex<Vec<Parked>>> = Arc::default();
     let mut fault_tasks = Vec::new();
     for planned in plan.clone() {
         let cluster = cluster.clone();
         let pool = db.pool.clone();
+        let parked_midrun = parked_midrun.clone();
         fault_tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until((started + Duration::from_millis(planned.at_ms)).into()).await;
             if planned.fault == Fault::RequeueAll {
-                let n = requeue(&pool, &Requeue::All).await.unwrap_or(0);
-                cluster.record(format!("requeue --all during a pass: {n} rows"));
+                // What is parked now goes into the history first: a healthy row parked by
+                // mistake must be seen even though this requeue releases it.
+                let before = parked_rows(&pool).await.unwrap_or_default();
+                let n = match requeue(&pool, &Requeue::All).await {
+                    Ok(n) => n.to_string(),
+                    Err(e) => format!("failed ({e})"),
+                };
+                cluster.record(format!(
+                    "requeue --all during a pass: {n} rows ({} parked before)",
+                    before.len()
+                ));
+                if let Ok(mut midrun) = parked_midrun.lock() {
+                    midrun.extend(before);
+                }
                 return Ok(());
             }
             cluster.inject(&planned.fault).await
@@ -273,6 +302,7 @@ pub async fn run(o: &Options) -> anyhow::Result<Outcome> {
         &seen,
         offsets,
         final_offsets,
+        parked_midrun.lock().map(|p| p.clone()).unwrap_or_default(),
         cluster.faults(),
         healed_at_ms,
         settled_at_ms,
@@ -313,7 +343,53 @@ pub async fn run(o: &Options) -> anyhow::Result<Outcome> {
         unclean,
         diagnosis,
         missed_live: missed,
+        reader_errors: history.reader_errors.clone(),
     })
+}
+
+/// The rows parked now.
+async fn parked_rows(pool: &PgPool) -> anyhow::Result<Vec<Parked>> {
+    Ok(
+        sqlx::query_as::<_, (Uuid, Option<Vec<u8>>, String, Option<String>)>(
+            "SELECT event_id, key, topic, last_error FROM gregor_outbox
+              WHERE parked_at IS NOT NULL",
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|(event_id, key, topic, error)| Parked {
+            event_id,
+            key: String::from_utf8_lossy(&key.unwrap_or_default()).into_owned(),
+            topic,
+            error,
+        })
+        .collect(),
+    )
+}
+
+/// Commits offset 0 on every partition of `topic` for `group`, before any member joins.
+async fn start_group_at_zero(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let (b, g, t) = (bootstrap.to_owned(), group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("group.id", &g)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(&t, p, rdkafka::Offset::Offset(0))?;
+        }
+        consumer.commit(&tpl, CommitMode::Sync)?;
+        anyhow::Ok(())
+    })
+    .await?
 }
 
 /// How many partitions `topic` has (an auto-created topic gets the broker's default).
@@ -407,10 +483,13 @@ async fn settle(
         {
             let _ = requeue(pool, &Requeue::Ids(ids)).await;
         }
-        let Ok(handled) =
-            sqlx::query_scalar::<_, i64>("SELECT count(DISTINCT event_id) FROM torture_effects")
-                .fetch_one(pool)
-                .await
+        let Ok(handled) = sqlx::query_scalar::<_, i64>(
+            "SELECT count(DISTINCT e.event_id) FROM torture_effects e
+               JOIN torture_ledger l USING (event_id)
+              WHERE l.key NOT IN ('big-0', 'late-0')",
+        )
+        .fetch_one(pool)
+        .await
         else {
             continue;
         };
@@ -468,6 +547,7 @@ async fn collect(
     seen: &Mutex<Seen>,
     offsets: Vec<OffsetSample>,
     final_offsets: BTreeMap<i32, i64>,
+    parked_midrun: Vec<Parked>,
     faults: Vec<crate::history::FaultEvent>,
     healed_at_ms: u64,
     settled_at_ms: Option<u64>,
@@ -476,34 +556,25 @@ async fn collect(
     let ledger: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM torture_ledger")
         .fetch_all(pool)
         .await?;
-    let effects = sqlx::query_as::<_, (i64, Uuid, String, i64, i32, i64)>(
-        "SELECT n, event_id, key, seq, part, off FROM torture_effects ORDER BY n",
+    let effects = sqlx::query_as::<_, (i64, Uuid, String, i64, Option<i64>, i32, i64)>(
+        "SELECT n, event_id, key, seq, prev_seq, part, off FROM torture_effects ORDER BY n",
     )
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(|(n, event_id, key, seq, partition, offset)| Effect {
-        n,
-        event_id,
-        key,
-        seq,
-        partition,
-        offset,
-    })
-    .collect();
-    let parked = sqlx::query_as::<_, (Uuid, Option<Vec<u8>>, String, Option<String>)>(
-        "SELECT event_id, key, topic, last_error FROM gregor_outbox WHERE parked_at IS NOT NULL",
+    .map(
+        |(n, event_id, key, seq, prev_seq, partition, offset)| Effect {
+            n,
+            event_id,
+            key,
+            seq,
+            prev_seq,
+            partition,
+            offset,
+        },
     )
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|(event_id, key, topic, error)| Parked {
-        event_id,
-        key: String::from_utf8_lossy(&key.unwrap_or_default()).into_owned(),
-        topic,
-        error,
-    })
     .collect();
+    let parked = parked_rows(pool).await?;
     let unpublished = sqlx::query_scalar("SELECT event_id FROM gregor_outbox")
         .fetch_all(pool)
         .await?;
@@ -529,6 +600,7 @@ async fn collect(
         offsets,
         final_offsets,
         parked,
+        parked_midrun,
         unpublished,
         faults,
         reader_errors,

@@ -31,8 +31,10 @@ const OVERSIZED: usize = 1_100_000;
 pub const SCHEMA: &str = "
 CREATE TABLE torture_keys (key TEXT PRIMARY KEY, seq BIGINT NOT NULL DEFAULT 0);
 CREATE TABLE torture_ledger (event_id UUID PRIMARY KEY, key TEXT NOT NULL, seq BIGINT NOT NULL);
+CREATE TABLE torture_applied (key TEXT PRIMARY KEY, seq BIGINT NOT NULL DEFAULT 0);
 CREATE TABLE torture_effects (n BIGSERIAL PRIMARY KEY, event_id UUID NOT NULL, key TEXT NOT NULL,
-                              seq BIGINT NOT NULL, part INTEGER NOT NULL, off BIGINT NOT NULL);
+                              seq BIGINT NOT NULL, prev_seq BIGINT, part INTEGER NOT NULL,
+                              off BIGINT NOT NULL);
 ";
 
 /// Every key a run writes.
@@ -137,7 +139,10 @@ impl Workload {
     }
 
     async fn retrying(&self, w: usize, mut tx: Tx) {
-        loop {
+        // Give up well after the writers stopped: a database that never came back is the
+        // harness's failure, reported by the fault task.
+        let give_up = self.until + Duration::from_secs(30);
+        while Instant::now() < give_up {
             let key = tx.key.clone();
             let topic = tx.topic.clone();
             let events = tx.events.clone();

@@ -41,6 +41,7 @@ fn good() -> History {
                 event_id: id,
                 key: key.into(),
                 seq,
+                prev_seq: (seq > 1).then_some(seq - 1),
                 partition,
                 offset,
             });
@@ -180,10 +181,40 @@ fn a_key_on_two_partitions_breaks_p3() {
 }
 
 #[test]
-fn effects_out_of_order_break_p3() {
+fn effects_committed_out_of_order_break_p3() {
     let mut h = good();
-    h.effects[0].n = 50;
+    // Seq 2's effect committed after seq 3's.
+    h.effects[1].prev_seq = Some(3);
     assert_eq!(broken(&h), "P3");
+}
+
+#[test]
+fn a_row_published_past_its_parked_predecessor_breaks_p3() {
+    let mut h = good();
+    let big = Uuid::new_v4();
+    let behind = Uuid::new_v4();
+    let mut e = enqueue(big, "c", 1, Outcome::Committed);
+    e.poison = Some(Poison::Oversized);
+    h.enqueues.push(e);
+    h.enqueues.push(enqueue(behind, "c", 2, Outcome::Committed));
+    h.ledger.extend([big, behind]);
+    h.unpublished.push(big);
+    // The row behind the parked one went out anyway.
+    h.records.push(record(behind, "c", 2, 0, 3));
+    h.final_offsets.insert(0, 4);
+    assert_eq!(broken(&h), "P3");
+}
+
+#[test]
+fn a_healthy_row_parked_during_the_run_breaks_p5() {
+    let mut h = good();
+    h.parked_midrun.push(Parked {
+        event_id: h.ledger[1],
+        key: "a".into(),
+        topic: TOPIC.into(),
+        error: Some("flaked".into()),
+    });
+    assert_eq!(broken(&h), "P5");
 }
 
 #[test]
@@ -261,6 +292,7 @@ fn an_unknown_commit_counts_as_what_the_ledger_says() {
         event_id: id,
         key: "b".into(),
         seq: 4,
+        prev_seq: Some(3),
         partition: 1,
         offset: 3,
     });
