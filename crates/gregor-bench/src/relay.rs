@@ -736,10 +736,12 @@ fn read_latencies(
         .set("group.id", unique_name("bench-latency"))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
+        .set("auto.offset.reset", "earliest")
         .create()?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+        // Offset 0, not `Beginning` (docs/nisshi.md).
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(0))?;
     }
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -146,8 +146,8 @@ impl DecodeError {
         let mut next = source.source();
         while let Some(e) = next {
             let part = e.to_string();
-            // Many errors repeat their source in their own message already.
-            if !text.contains(&part) {
+            // Many errors end their own message with their source's already.
+            if !text.ends_with(&part) {
                 text.push_str(": ");
                 text.push_str(&part);
             }

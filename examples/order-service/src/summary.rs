@@ -45,15 +45,16 @@ pub(crate) async fn run(
             continue;
         }
         with_headers += usize::from(*headers_ok);
-        let prev = last_seq
-            .insert(event.customer.clone(), event.customer_seq)
-            .unwrap_or(0);
-        // An earlier sequence after a later one is a reorder; a jump forward is a gap (an
-        // event not read, or not published).
-        if event.customer_seq <= prev {
+        // Against the highest sequence seen so far: an earlier one after it is a reorder, a
+        // jump forward is a gap (an event not read, or not published).
+        let highest = last_seq.entry(event.customer.clone()).or_insert(0);
+        if event.customer_seq <= *highest {
             out_of_order += 1;
-        } else if event.customer_seq > prev + 1 {
-            gaps += 1;
+        } else {
+            if event.customer_seq > *highest + 1 {
+                gaps += 1;
+            }
+            *highest = event.customer_seq;
         }
     }
     println!("summary for topic {topic}:");
