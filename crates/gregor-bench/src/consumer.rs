@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::Workload;
+use crate::relay::cpu_seconds;
 use crate::report::emit;
 
 /// Consumer benchmark options.
@@ -76,6 +77,9 @@ pub(crate) struct Timing {
     join: Duration,
     /// First event to the last.
     drain: Duration,
+    /// CPU seconds of this process (every thread, librdkafka's included) over the whole
+    /// scenario, join included.
+    cpu: f64,
 }
 
 impl Timing {
@@ -87,11 +91,17 @@ impl Timing {
         events as f64 / (self.join + self.drain).as_secs_f64().max(1e-9)
     }
 
-    pub(crate) fn extra(&self, events: u64) -> [(&'static str, serde_json::Value); 3] {
+    /// CPU microseconds per event (the whole process: handlers, runtime, librdkafka).
+    pub(crate) fn cpu_us_per_event(&self, events: u64) -> f64 {
+        round3(self.cpu * 1e6 / events.max(1) as f64)
+    }
+
+    pub(crate) fn extra(&self, events: u64) -> [(&'static str, serde_json::Value); 4] {
         [
             ("join_s", json!(round3(self.join.as_secs_f64()))),
             ("drain_s", json!(round3(self.drain.as_secs_f64()))),
             ("wall_events_per_s", json!(self.wall_rate(events).round())),
+            ("cpu_us_per_event", json!(self.cpu_us_per_event(events))),
         ]
     }
 }
@@ -124,7 +134,7 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
     );
 
     // (1) The bare rdkafka consume loop.
-    let bare = bare_consume(&bootstrap, &topic, o.work.events).await?;
+    let bare = bare_consume(&bootstrap, &topic, o.work.events, false).await?;
     let baseline = bare.rate(o.work.events);
     println!("baseline: bare rdkafka StreamConsumer loop: {baseline:.0} events/s");
     emit(
@@ -144,6 +154,25 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
         .concat(),
     );
 
+    // (1b) The same loop decoding the JSON into the handlers' struct.
+    let bare_json = bare_consume(&bootstrap, &topic, o.work.events, true).await?;
+    let json_baseline = bare_json.rate(o.work.events);
+    println!("baseline: bare loop with JSON decode: {json_baseline:.0} events/s");
+    emit(
+        "consumer_bare_json",
+        json_baseline,
+        "events/s",
+        baseline,
+        &[
+            &bare_json.extra(o.work.events)[..],
+            &[
+                ("baseline_kind", json!("the bare loop without decoding")),
+                ("events", json!(o.work.events)),
+            ],
+        ]
+        .concat(),
+    );
+
     // (2) The runtime, JSON decode, no dedupe, trivial handler.
     let config = config(&bootstrap, None, 1, o.db_pool_size)?;
     let queue_capacity = config.queue_capacity;
@@ -156,6 +185,18 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
         &[
             &plain.extra(o.work.events)[..],
             &[
+                (
+                    "ratio_to_bare_json",
+                    json!(round3(plain.rate(o.work.events) / json_baseline)),
+                ),
+                (
+                    "bare_json_cpu_us_per_event",
+                    json!(bare_json.cpu_us_per_event(o.work.events)),
+                ),
+                (
+                    "bare_cpu_us_per_event",
+                    json!(bare.cpu_us_per_event(o.work.events)),
+                ),
                 ("target_ratio", json!(0.8)),
                 ("key_concurrency", json!(1)),
                 ("queue_capacity", json!(queue_capacity)),
@@ -419,13 +460,20 @@ pub(crate) async fn produce_with(
 }
 
 /// (1) A bare rdkafka consume loop: fresh group, from the earliest offset, counting messages
-/// and touching each payload.
-async fn bare_consume(bootstrap: &str, topic: &str, events: u64) -> anyhow::Result<Timing> {
+/// and touching each payload; with `json`, decoding each payload into the handlers' struct
+/// and touching its fields — the same essential work as the runtime's JSON scenario.
+async fn bare_consume(
+    bootstrap: &str,
+    topic: &str,
+    events: u64,
+    json: bool,
+) -> anyhow::Result<Timing> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique_name("bench-bare-consumer"))
         .set("auto.offset.reset", "earliest")
         .create()?;
+    let cpu_before = cpu_seconds(std::process::id());
     consumer.subscribe(&[topic])?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(600);
@@ -438,8 +486,13 @@ async fn bare_consume(bootstrap: &str, topic: &str, events: u64) -> anyhow::Resu
             .with_context(|| format!("the bare consumer read {count} of {events} events"))??;
         first.get_or_insert_with(Instant::now);
         if let Some(p) = msg.payload() {
-            bytes += p.len() as u64;
-            check ^= p.iter().fold(0u8, |a, b| a ^ b);
+            if json {
+                let v: BenchEvent = serde_json::from_slice(p)?;
+                std::hint::black_box((v.id, v.key.len(), v.seq, v.amount, v.note.len()));
+            } else {
+                bytes += p.len() as u64;
+                check ^= p.iter().fold(0u8, |a, b| a ^ b);
+            }
         }
         count += 1;
     }
@@ -449,6 +502,7 @@ async fn bare_consume(bootstrap: &str, topic: &str, events: u64) -> anyhow::Resu
     Ok(Timing {
         join: first - started,
         drain: done - first,
+        cpu: cpu_seconds(std::process::id()) - cpu_before,
     })
 }
 
@@ -529,6 +583,7 @@ pub(crate) async fn runtime_drain(
     let consumer = builder.build().await?;
     let metrics = consumer.metrics();
     let token = CancellationToken::new();
+    let cpu_before = cpu_seconds(std::process::id());
     let started = Instant::now();
     let task = tokio::spawn(consumer.run(token.clone()));
     let deadline = started + Duration::from_secs(900);
@@ -560,6 +615,7 @@ pub(crate) async fn runtime_drain(
     Ok(Timing {
         join: first - started,
         drain: done - first,
+        cpu: cpu_seconds(std::process::id()) - cpu_before,
     })
 }
 
