@@ -49,6 +49,10 @@ pub(crate) struct Options {
     /// PostgreSQL connections of the runtime (GREGOR_CONSUMER_DB_POOL_SIZE).
     #[arg(long, default_value_t = 8)]
     db_pool_size: u32,
+    /// Profiling aid: only the runtime's JSON scenario, without the baselines (its figure
+    /// is then printed without a ratio).
+    #[arg(long)]
+    pub(crate) runtime_only: bool,
     /// Skips the dedupe scenario.
     #[arg(long)]
     no_dedupe: bool,
@@ -132,6 +136,17 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
         "produced {} events to {topic} at {produced:.0} events/s",
         o.work.events
     );
+
+    if o.runtime_only {
+        let config = config(&bootstrap, None, 1, o.db_pool_size)?;
+        let plain = runtime_drain(config, &topic, o.work.events, Mode::Touch).await?;
+        println!(
+            "consumer_json_no_dedupe (runtime only): {:.0} events/s, {} CPU-µs per event",
+            plain.rate(o.work.events),
+            plain.cpu_us_per_event(o.work.events)
+        );
+        return Ok(());
+    }
 
     // (1) The bare rdkafka consume loop.
     let bare = bare_consume(&bootstrap, &topic, o.work.events, false).await?;

@@ -258,7 +258,12 @@ impl ConsumerBuilder {
             return Err(ConsumerError::MissingTopics(missing));
         }
         let lane_capacity = (config.queue_capacity / config.key_concurrency).max(1);
+        let hot = routes
+            .keys()
+            .map(|topic| (topic.clone(), metrics.topic(topic)))
+            .collect();
         let worker = Arc::new(Worker {
+            hot,
             group,
             routes,
             pool,

@@ -36,6 +36,31 @@ pub struct ConsumerStats {
     pub failed_attempts: u64,
 }
 
+/// The series a routed topic's every message touches, resolved once so that the per-message
+/// path hashes no label values.
+#[derive(Debug, Clone)]
+pub(crate) struct TopicMetrics {
+    /// `gregor_consumer_messages_total{outcome="handled"}`.
+    pub(crate) handled: prometheus::IntCounter,
+    /// `gregor_consumer_messages_total{outcome="duplicate"}`.
+    pub(crate) duplicate: prometheus::IntCounter,
+    /// `gregor_consumer_handle_seconds`.
+    pub(crate) handle_seconds: prometheus::Histogram,
+}
+
+impl ConsumerMetrics {
+    /// The per-message series of `topic`.
+    pub(crate) fn topic(&self, topic: &str) -> TopicMetrics {
+        TopicMetrics {
+            handled: self.messages.with_label_values(&[topic, outcome::HANDLED]),
+            duplicate: self
+                .messages
+                .with_label_values(&[topic, outcome::DUPLICATE]),
+            handle_seconds: self.handle_seconds.with_label_values(&[topic]),
+        }
+    }
+}
+
 /// The outcome label values.
 pub(crate) mod outcome {
     pub(crate) const HANDLED: &str = "handled";

@@ -53,6 +53,15 @@ impl Offsets {
         parent: &CancellationToken,
     ) -> (u64, CancellationToken) {
         let mut parts = self.lock();
+        let record = |state: &mut PartState| {
+            state.pending.insert(offset);
+            state.next = state.next.max(offset + 1);
+            (state.generation, state.token.clone())
+        };
+        // Look up before inserting: `entry` would clone the key for every message.
+        if let Some(state) = parts.get_mut(key) {
+            return record(state);
+        }
         let state = parts.entry(key.clone()).or_insert_with(|| PartState {
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
             token: parent.child_token(),
@@ -61,9 +70,7 @@ impl Offsets {
             committed: -1,
             executing: 0,
         });
-        state.pending.insert(offset);
-        state.next = state.next.max(offset + 1);
-        (state.generation, state.token.clone())
+        record(state)
     }
 
     /// A lane starts handling a message; false when its partition has been revoked.

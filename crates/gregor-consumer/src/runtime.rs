@@ -199,6 +199,8 @@ impl PollLoop {
         // Lanes stop on this token (a child, so revokes can stop some of them).
         let lanes_token = shutdown.child_token();
         let mut partitions: HashMap<PartKey, Partition> = HashMap::new();
+        // `gregor_consumer_consumed_total` per topic, resolved once per topic.
+        let mut consumed: HashMap<String, prometheus::IntCounter> = HashMap::new();
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -214,7 +216,15 @@ impl PollLoop {
                 }
                 received = self.consumer.recv() => match received {
                     Ok(m) => {
-                        self.worker.metrics.consumed.with_label_values(&[m.topic()]).inc();
+                        match consumed.get(m.topic()) {
+                            Some(counter) => counter.inc(),
+                            None => {
+                                let counter =
+                                    self.worker.metrics.consumed.with_label_values(&[m.topic()]);
+                                counter.inc();
+                                consumed.insert(m.topic().to_owned(), counter);
+                            }
+                        }
                         let msg = m.detach();
                         self.dispatch(&mut partitions, msg, &lanes_token);
                     }

@@ -22,7 +22,7 @@ use crate::dedupe_tx::{DedupeTx, DedupeTxError};
 use crate::forward::{self, Failure, Stage};
 use crate::forward_error::ForwardError;
 use crate::forwarder::{Forwarder, Stop};
-use crate::metrics::{ConsumerMetrics, outcome};
+use crate::metrics::{ConsumerMetrics, TopicMetrics, outcome};
 use crate::offsets::{Offsets, PartKey};
 use crate::retry_headers;
 use crate::route::{Attempt, ErrorKind, EventMeta, RouteEntry};
@@ -54,6 +54,8 @@ pub(crate) struct Worker {
     pub(crate) halt: CancellationToken,
     /// Why it halted (the first such error).
     pub(crate) halted: std::sync::Mutex<Option<ForwardError>>,
+    /// The per-message metric series of each routed topic, resolved once.
+    pub(crate) hot: HashMap<String, TopicMetrics>,
 }
 
 /// One lane: handles its messages in order until its partition is revoked or the consumer
@@ -415,6 +417,18 @@ impl Worker {
     }
 
     fn count(&self, topic: &str, outcome: &str, started: Instant) {
+        if let Some(hot) = self.hot.get(topic) {
+            let counter = match outcome {
+                outcome::HANDLED => Some(&hot.handled),
+                outcome::DUPLICATE => Some(&hot.duplicate),
+                _ => None,
+            };
+            if let Some(counter) = counter {
+                counter.inc();
+                hot.handle_seconds.observe(started.elapsed().as_secs_f64());
+                return;
+            }
+        }
         self.metrics
             .messages
             .with_label_values(&[topic, outcome])

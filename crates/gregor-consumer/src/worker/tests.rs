@@ -98,6 +98,7 @@ fn worker_without_routes(bootstrap: &str, group: &str) -> Worker {
     Worker {
         group: Arc::from(group),
         routes: HashMap::new(),
+        hot: HashMap::new(),
         pool: None,
         forwarder: Arc::new(forwarder),
         offsets: Arc::new(Offsets::default()),
