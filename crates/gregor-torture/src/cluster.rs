@@ -114,7 +114,14 @@ impl Cluster {
                 Proc::spawn_args("gregor-torture", &["consume"], &env)?
             }
         };
+        let what = format!(
+            "{role:?} {i} started (pid {}, log {})",
+            proc.pid(),
+            proc.log_path().display()
+        );
         slot.proc = Some(proc);
+        drop(slots);
+        self.record(what);
         Ok(())
     }
 

@@ -116,6 +116,10 @@ fn client(bootstrap: &str) -> anyhow::Result<BaseConsumer> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "error")
         .set("fetch.wait.max.ms", "50")
+        // Small fetches, as for the campaign's consumers (see `run`, docs/nisshi.md).
+        .set("max.partition.fetch.bytes", "65536")
+        .set("fetch.max.bytes", "262144")
+        .set("message.max.bytes", "262144")
         .create()?)
 }
 
