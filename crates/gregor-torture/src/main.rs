@@ -83,12 +83,24 @@ async fn campaign(options: &Options, runs: u64, until: Option<Instant>) -> anyho
         "seed", "events", "faults", "settle_s", "run_s"
     );
     let (mut done, mut violated, mut events, mut faults) = (0u64, 0u64, 0usize, 0usize);
+    let mut harness_errors = 0u64;
     while done < runs && until.is_none_or(|u| Instant::now() < u) {
         let o = Options {
             seed: options.seed + done,
             ..options.clone()
         };
-        let outcome = gregor_torture::run::run(&o).await?;
+        let outcome = match gregor_torture::run::run(&o).await {
+            Ok(outcome) => outcome,
+            // The harness itself failed (a service would not start, the re-read stalled):
+            // no verdict for this seed; the campaign goes on and counts it.
+            Err(e) if until.is_some() => {
+                println!("{:>6}  harness error, no verdict: {e:#}", o.seed);
+                harness_errors += 1;
+                done += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let verdicts: Vec<String> = outcome
             .report
             .verdicts
@@ -130,7 +142,8 @@ async fn campaign(options: &Options, runs: u64, until: Option<Instant>) -> anyho
         faults += outcome.faults;
     }
     println!(
-        "campaign: {done} runs, {faults} faults, {events} events checked, {violated} runs with violations"
+        "campaign: {done} runs, {faults} faults, {events} events checked, {violated} runs with \
+         violations, {harness_errors} runs without a verdict (harness errors)"
     );
     Ok(violated)
 }
