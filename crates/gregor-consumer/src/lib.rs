@@ -15,7 +15,7 @@
 //! * **Outages** are waited out, never turned into failures (P9): when the schema registry or
 //!   the database cannot be reached ([`is_database_unreachable`]: the dedupe transaction's or
 //!   the handler's own SQL, via `From<sqlx::Error>` or [`HandlerError::Unavailable`]), the
-//!   message is tried again in place with capped backoff while its partition pauses behind it;
+//!   message is tried again in place with capped, jittered backoff while its partition pauses behind it;
 //!   nothing is forwarded, dead-lettered or reordered, and `/readyz` reports the database down.
 //!
 //! ```no_run

@@ -47,6 +47,12 @@ pub(crate) fn caused_by_unreachable_database(error: &(dyn Error + 'static)) -> b
     false
 }
 
+/// `wait` with "equal jitter": between half of it and all of it, at random.
+pub(crate) fn jittered(wait: std::time::Duration) -> std::time::Duration {
+    let half = wait / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +110,21 @@ mod tests {
         assert!(!caused_by_unreachable_database(&wrapped));
         let plain = std::io::Error::other("not a database error");
         assert!(!caused_by_unreachable_database(&plain));
+    }
+
+    #[test]
+    fn outage_waits_are_jittered_within_half_and_all_of_the_backoff() {
+        let wait = std::time::Duration::from_millis(1_000);
+        let waits: Vec<_> = (0..200).map(|_| super::jittered(wait)).collect();
+        assert!(
+            waits.iter().all(|w| *w >= wait / 2 && *w <= wait),
+            "{waits:?}"
+        );
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "not spread: {} distinct waits",
+            distinct.len()
+        );
     }
 }

@@ -24,6 +24,7 @@ use crate::forward_error::ForwardError;
 use crate::forwarder::{Forwarder, Stop};
 use crate::metrics::{ConsumerMetrics, TopicMetrics, outcome};
 use crate::offsets::{Offsets, PartKey};
+use crate::outage;
 use crate::retry_headers;
 use crate::route::{Attempt, ErrorKind, EventMeta, RouteEntry};
 use crate::router::{self, Decision, Tally};
@@ -294,6 +295,13 @@ impl Worker {
             }
             let retry = match router::decide(failed, tally, kind, policy) {
                 Decision::RetryInPlace(backoff) | Decision::WaitForOutage(backoff) => {
+                    // Every partition of every replica meets the same outage: spread their
+                    // retries so a recovering database is not hit by all of them at once.
+                    let backoff = if failed == ErrorKind::Unavailable {
+                        outage::jittered(backoff)
+                    } else {
+                        backoff
+                    };
                     if !sleep(backoff, token).await {
                         return (Outcome::Abandoned, None);
                     }
