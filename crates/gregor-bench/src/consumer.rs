@@ -49,10 +49,11 @@ pub(crate) struct Options {
     /// PostgreSQL connections of the runtime (GREGOR_CONSUMER_DB_POOL_SIZE).
     #[arg(long, default_value_t = 8)]
     db_pool_size: u32,
-    /// Profiling aid: only the runtime's JSON scenario, without the baselines (its figure
-    /// is then printed without a ratio).
+    /// Profiling aid: only one of the JSON scenarios (`runtime`, `bare`, `bare-json`), printed
+    /// without a ratio — e.g. to count its instructions with `perf stat -p` once the events are
+    /// produced (docs/BENCHMARKS.md).
     #[arg(long)]
-    pub(crate) runtime_only: bool,
+    pub(crate) only: Option<Only>,
     /// Skips the dedupe scenario.
     #[arg(long)]
     no_dedupe: bool,
@@ -62,6 +63,17 @@ pub(crate) struct Options {
     /// JSON payload bytes per event of the backlog.
     #[arg(long, default_value_t = 100)]
     backlog_payload: usize,
+}
+
+/// One scenario alone (profiling).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Only {
+    /// The runtime, JSON decode, trivial handler.
+    Runtime,
+    /// The bare consume loop.
+    Bare,
+    /// The bare loop decoding the JSON.
+    BareJson,
 }
 
 /// What the handlers decode: every field of the produced JSON.
@@ -137,13 +149,19 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
         o.work.events
     );
 
-    if o.runtime_only {
-        let config = config(&bootstrap, None, 1, o.db_pool_size)?;
-        let plain = runtime_drain(config, &topic, o.work.events, Mode::Touch).await?;
+    if let Some(only) = o.only {
+        let timing = match only {
+            Only::Runtime => {
+                let config = config(&bootstrap, None, 1, o.db_pool_size)?;
+                runtime_drain(config, &topic, o.work.events, Mode::Touch).await?
+            }
+            Only::Bare => bare_consume(&bootstrap, &topic, o.work.events, false).await?,
+            Only::BareJson => bare_consume(&bootstrap, &topic, o.work.events, true).await?,
+        };
         println!(
-            "consumer_json_no_dedupe (runtime only): {:.0} events/s, {} CPU-µs per event",
-            plain.rate(o.work.events),
-            plain.cpu_us_per_event(o.work.events)
+            "{only:?} only: {:.0} events/s, {} CPU-µs per event",
+            timing.rate(o.work.events),
+            timing.cpu_us_per_event(o.work.events)
         );
         return Ok(());
     }

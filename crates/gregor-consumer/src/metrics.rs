@@ -1,3 +1,4 @@
+use prometheus::core::Collector as _;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -197,7 +198,14 @@ impl ConsumerMetrics {
     /// Totals since start.
     pub fn stats(&self) -> ConsumerStats {
         let mut stats = ConsumerStats::default();
-        for family in self.registry.gather() {
+        // Only the two counter families it reads: gathering the whole registry would also
+        // copy every histogram bucket, and callers poll this often.
+        let families = self
+            .messages
+            .collect()
+            .into_iter()
+            .chain(self.failures.collect());
+        for family in families {
             for metric in family.get_metric() {
                 // Counter values are whole numbers stored as f64.
                 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

@@ -21,21 +21,35 @@ pub(crate) fn process_span(msg: &OwnedMessage, group: &str, main_topic: bool) ->
     let headers = msg.headers();
     let span = tracing::info_span!(
         "process",
-        otel.name = format!("process {}", msg.topic()),
+        otel.name = Empty,
         otel.kind = "consumer",
         otel.status_code = Empty,
         messaging.system = "kafka",
         messaging.operation.type = "process",
         messaging.operation.name = "process",
-        messaging.destination.name = msg.topic(),
+        messaging.destination.name = Empty,
         messaging.destination.partition.id = msg.partition(),
         messaging.kafka.offset = msg.offset(),
-        messaging.consumer.group.name = group,
-        messaging.message.id = retry_headers::logged(headers, h::CE_ID),
-        gregor.attempt = retry_headers::logged(headers, h::ATTEMPT),
+        messaging.consumer.group.name = Empty,
+        messaging.message.id = Empty,
+        gregor.attempt = Empty,
         gregor.outcome = Empty,
         error.type = Empty,
     );
+    // Nobody listens (no subscriber, or one that filters this span out): no formatting, no
+    // header lookups, no allocation for it.
+    if span.is_disabled() {
+        return span;
+    }
+    span.record("otel.name", format!("process {}", msg.topic()));
+    span.record("messaging.destination.name", msg.topic());
+    span.record("messaging.consumer.group.name", group);
+    if let Some(id) = retry_headers::logged(headers, h::CE_ID) {
+        span.record("messaging.message.id", id);
+    }
+    if let Some(attempt) = retry_headers::logged(headers, h::ATTEMPT) {
+        span.record("gregor.attempt", attempt);
+    }
     if let Some(parent) = h::get_str(headers, h::TRACEPARENT) {
         // W3C caps tracestate at 512 characters; a longer one is dropped, not carried on.
         let state = h::get_str(headers, h::TRACESTATE).filter(|s| s.len() <= MAX_TRACESTATE);

@@ -27,7 +27,10 @@ pub fn base_topic(topic: &str) -> (&str, TopicKind) {
     if let Some(base) = topic.strip_suffix(".dlq") {
         return (base, TopicKind::DeadLetter);
     }
-    if let Some((base, tier)) = topic.rsplit_once(".retry.")
+    // `<base>.retry.<n>`: split at the last dot (a byte search, unlike a substring search,
+    // which this per-message path cannot afford), then look for `.retry` before it.
+    if let Some((head, tier)) = topic.rsplit_once('.')
+        && let Some(base) = head.strip_suffix(".retry")
         && let Ok(n) = tier.parse::<usize>()
         && n > 0
     {
@@ -52,5 +55,12 @@ mod tests {
         );
         assert_eq!(base_topic("a.retry.x"), ("a.retry.x", TopicKind::Main));
         assert_eq!(base_topic("a.retry.0"), ("a.retry.0", TopicKind::Main));
+        assert_eq!(base_topic("a.retry.x.y"), ("a.retry.x.y", TopicKind::Main));
+        assert_eq!(
+            base_topic("a.retry.1.retry.2"),
+            ("a.retry.1", TopicKind::Retry(2))
+        );
+        assert_eq!(base_topic(".retry.1"), ("", TopicKind::Retry(1)));
+        assert_eq!(base_topic("retry.1"), ("retry.1", TopicKind::Main));
     }
 }
