@@ -64,6 +64,11 @@ impl Proc {
         Ok(Self { child, log })
     }
 
+    /// Where its stderr goes.
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
