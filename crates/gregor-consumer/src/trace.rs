@@ -19,36 +19,28 @@ const MAX_TRACESTATE: usize = 512;
 /// The handling span of `msg`, with the OpenTelemetry messaging attributes.
 pub(crate) fn process_span(msg: &OwnedMessage, group: &str, main_topic: bool) -> Span {
     let headers = msg.headers();
+    // Field expressions are evaluated only when the span is enabled; the name is formatted
+    // lazily (no `String` unless a layer records it). Everything is set at creation: each
+    // later `record` costs a JSON log layer a re-parse of the span's fields.
     let span = tracing::info_span!(
         "process",
-        otel.name = Empty,
+        otel.name = %format_args!("process {}", msg.topic()),
         otel.kind = "consumer",
         otel.status_code = Empty,
         messaging.system = "kafka",
         messaging.operation.type = "process",
         messaging.operation.name = "process",
-        messaging.destination.name = Empty,
+        messaging.destination.name = msg.topic(),
         messaging.destination.partition.id = msg.partition(),
         messaging.kafka.offset = msg.offset(),
-        messaging.consumer.group.name = Empty,
-        messaging.message.id = Empty,
-        gregor.attempt = Empty,
+        messaging.consumer.group.name = group,
+        messaging.message.id = retry_headers::logged(headers, h::CE_ID),
+        gregor.attempt = retry_headers::logged(headers, h::ATTEMPT),
         gregor.outcome = Empty,
         error.type = Empty,
     );
-    // Nobody listens (no subscriber, or one that filters this span out): no formatting, no
-    // header lookups, no allocation for it.
     if span.is_disabled() {
         return span;
-    }
-    span.record("otel.name", format!("process {}", msg.topic()));
-    span.record("messaging.destination.name", msg.topic());
-    span.record("messaging.consumer.group.name", group);
-    if let Some(id) = retry_headers::logged(headers, h::CE_ID) {
-        span.record("messaging.message.id", id);
-    }
-    if let Some(attempt) = retry_headers::logged(headers, h::ATTEMPT) {
-        span.record("gregor.attempt", attempt);
     }
     if let Some(parent) = h::get_str(headers, h::TRACEPARENT) {
         // W3C caps tracestate at 512 characters; a longer one is dropped, not carried on.
