@@ -7,8 +7,8 @@ use crate::ErrorKind;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What a handler reports when it cannot finish a message. Each variant is its cause, shown
-/// and chained as is (`source()` is the cause's own source), so a handler's typed error can
-/// be downcast from it.
+/// and chained as is (`source()` is the cause's own source); match the variant to reach the
+/// cause itself and downcast it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandlerError {
