@@ -228,6 +228,12 @@ pub async fn read_to_end_with(
     .await?
 }
 
+/// How many partitions `topic` has on the broker at `bootstrap` (an auto-created topic gets
+/// the broker's default).
+pub fn partition_count_on(bootstrap: &str, topic: &str) -> anyhow::Result<i32> {
+    partition_count(&plaintext(bootstrap), topic)
+}
+
 fn partition_count(props: &[(String, String)], topic: &str) -> anyhow::Result<i32> {
     let bootstrap = bootstrap_of(props);
     let consumer: BaseConsumer = client_config(props).create()?;

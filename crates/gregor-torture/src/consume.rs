@@ -20,6 +20,28 @@ enum Mode {
 const INSERT: &str = "INSERT INTO torture_effects (event_id, key, seq, prev_seq, part, off)
                       VALUES ($1, $2, $3, $4, $5, $6)";
 
+/// Writes the effect of one event: the key's applied seq, then the effect row.
+async fn effect(
+    db: &mut sqlx::PgConnection,
+    id: uuid::Uuid,
+    key: &str,
+    seq: i64,
+    partition: i32,
+    offset: i64,
+) -> Result<(), sqlx::Error> {
+    let prev = applied(db, key, seq).await?;
+    sqlx::query(INSERT)
+        .bind(id)
+        .bind(key)
+        .bind(seq)
+        .bind(prev)
+        .bind(partition)
+        .bind(offset)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// Locks the key's `torture_applied` row, records `seq` as applied and returns the seq the
 /// previous committed effect of the key applied (`None` for the first). Under the row lock,
 /// so the returned values follow commit order.
@@ -59,31 +81,13 @@ async fn handle(ctx: Context, event: Event<Vec<u8>>, mode: Mode) -> Result<(), H
                 .pool()
                 .ok_or_else(|| HandlerError::permanent("no pool"))?;
             let mut db = pool.begin().await?;
-            let prev = applied(&mut db, &key, seq).await?;
-            sqlx::query(INSERT)
-                .bind(id)
-                .bind(&key)
-                .bind(seq)
-                .bind(prev)
-                .bind(partition)
-                .bind(offset)
-                .execute(&mut *db)
-                .await?;
+            effect(&mut db, id, &key, seq, partition, offset).await?;
             db.commit().await?;
             Ok(())
         }
         Mode::Correct | Mode::SkipEffects => {
             let mut tx = ctx.transaction().await?;
-            let prev = applied(&mut tx, &key, seq).await?;
-            sqlx::query(INSERT)
-                .bind(id)
-                .bind(&key)
-                .bind(seq)
-                .bind(prev)
-                .bind(partition)
-                .bind(offset)
-                .execute(&mut *tx)
-                .await?;
+            effect(&mut tx, id, &key, seq, partition, offset).await?;
             Ok(())
         }
     }

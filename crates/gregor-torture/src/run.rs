@@ -269,10 +269,6 @@ pub async fn run(o: &Options) -> anyhow::Result<Outcome> {
     let offsets = sampler.await??;
     let unclean = cluster.stop().await;
     let final_offsets = committed(&bootstrap, &group, &topic).await?;
-    if settled_at_ms.is_none() {
-        // Give the reader a last chance at what arrived late.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
     stop_reader.store(true, Ordering::SeqCst);
     reader
         .join()
@@ -410,21 +406,7 @@ async fn start_group_at_zero(
 /// How many partitions `topic` has (an auto-created topic gets the broker's default).
 async fn partitions_of(bootstrap: &str, topic: &str) -> anyhow::Result<i32> {
     let (b, t) = (bootstrap.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &b)
-            .create()?;
-        let metadata = consumer.fetch_metadata(Some(&t), Duration::from_secs(10))?;
-        let n = metadata
-            .topics()
-            .iter()
-            .find(|m| m.name() == t)
-            .map_or(0, |m| m.partitions().len());
-        anyhow::ensure!(n > 0, "topic {t} has no partitions");
-        Ok(i32::try_from(n)?)
-    })
-    .await?
+    tokio::task::spawn_blocking(move || kafka::partition_count_on(&b, &t)).await?
 }
 
 async fn committed(

@@ -66,6 +66,7 @@ pub struct Workload {
 }
 
 /// One transaction's plan.
+#[derive(Debug, Clone)]
 struct Tx {
     key: String,
     topic: String,
@@ -138,26 +139,15 @@ impl Workload {
         }
     }
 
-    async fn retrying(&self, w: usize, mut tx: Tx) {
+    async fn retrying(&self, w: usize, tx: Tx) {
         // Give up well after the writers stopped: a database that never came back is the
         // harness's failure, reported by the fault task.
         let give_up = self.until + Duration::from_secs(30);
         while Instant::now() < give_up {
-            let key = tx.key.clone();
-            let topic = tx.topic.clone();
-            let events = tx.events.clone();
-            if self.run(w, tx).await {
+            if self.run(w, tx.clone()).await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-            tx = Tx {
-                key,
-                topic,
-                events,
-                batch: false,
-                hold: None,
-                rollback: false,
-            };
         }
     }
 

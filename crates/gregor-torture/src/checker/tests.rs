@@ -84,6 +84,18 @@ fn record(id: Uuid, key: &str, seq: i64, partition: i32, offset: i64) -> Record 
     }
 }
 
+/// Key `c`: a committed oversized row (seq 1) and a committed row behind it (seq 2).
+fn oversized_key(h: &mut History) -> (Uuid, Uuid) {
+    let big = Uuid::new_v4();
+    let behind = Uuid::new_v4();
+    let mut e = enqueue(big, "c", 1, Outcome::Committed);
+    e.poison = Some(Poison::Oversized);
+    h.enqueues.push(e);
+    h.enqueues.push(enqueue(behind, "c", 2, Outcome::Committed));
+    h.ledger.extend([big, behind]);
+    (big, behind)
+}
+
 /// The promise of the first violation.
 fn broken(h: &History) -> &'static str {
     let report = check(h);
@@ -191,13 +203,7 @@ fn effects_committed_out_of_order_break_p3() {
 #[test]
 fn a_row_published_past_its_parked_predecessor_breaks_p3() {
     let mut h = good();
-    let big = Uuid::new_v4();
-    let behind = Uuid::new_v4();
-    let mut e = enqueue(big, "c", 1, Outcome::Committed);
-    e.poison = Some(Poison::Oversized);
-    h.enqueues.push(e);
-    h.enqueues.push(enqueue(behind, "c", 2, Outcome::Committed));
-    h.ledger.extend([big, behind]);
+    let (big, behind) = oversized_key(&mut h);
     h.unpublished.push(big);
     // The row behind the parked one went out anyway.
     h.records.push(record(behind, "c", 2, 0, 3));
@@ -260,13 +266,7 @@ fn an_offset_ahead_of_the_effects_breaks_p6() {
 #[test]
 fn rows_behind_an_oversized_row_may_stay_unpublished() {
     let mut h = good();
-    let big = Uuid::new_v4();
-    let behind = Uuid::new_v4();
-    let mut e = enqueue(big, "c", 1, Outcome::Committed);
-    e.poison = Some(Poison::Oversized);
-    h.enqueues.push(e);
-    h.enqueues.push(enqueue(behind, "c", 2, Outcome::Committed));
-    h.ledger.extend([big, behind]);
+    let (big, behind) = oversized_key(&mut h);
     h.parked.push(Parked {
         event_id: big,
         key: "c".into(),
