@@ -68,6 +68,20 @@ struct Pass {
     fenced: bool,
 }
 
+/// A published batch: the rows to delete and the failures to record.
+struct Done {
+    acked: Vec<i64>,
+    failed: Vec<store::FailedRow>,
+}
+
+/// How a batch's delete ended.
+#[derive(Debug)]
+struct Finished {
+    /// Acknowledged rows that stay in the outbox (the delete was fenced or gave up): they will
+    /// be published again, so nothing published after them may be deleted before they are.
+    kept: Vec<i64>,
+}
+
 /// A claim read ahead for the next iteration.
 struct Prefetched {
     shards: Vec<i16>,
@@ -95,6 +109,21 @@ impl Pass {
     /// Remembers that row `id` stays in the outbox for this pass.
     fn leave_behind(&mut self, id: i64) {
         self.retry_from = Some(self.retry_from.map_or(id, |r| r.min(id)));
+    }
+
+    /// Acknowledged rows that stay in the outbox: the pass restarts below them at once, so
+    /// their republication comes before any later row of their keys.
+    fn keep(&mut self, acked: &[i64]) {
+        if let Some(first) = acked.iter().min() {
+            self.leave_behind(*first);
+            self.restart_now = true;
+        }
+    }
+
+    /// Applies how a batch's delete ended; `false` when rows were kept.
+    fn apply(&mut self, finished: Finished) -> bool {
+        self.keep(&finished.kept);
+        finished.kept.is_empty()
     }
 
     /// Starts the scan again just below the lowest row left behind. The late transactions
@@ -151,6 +180,8 @@ impl ClaimLoop {
         // The next batch, read while the previous one was being published (a claim is a pure
         // read). Used only if the pass and its shards are unchanged since it was read.
         let mut prefetched: Option<Prefetched> = None;
+        // A published batch whose delete runs while the next batch publishes.
+        let mut pending: Option<Done> = None;
         while !cancel.is_cancelled() {
             // No batch is in flight here: the safe point to hand shards back.
             let releasing = self.leases.releasing();
@@ -172,12 +203,19 @@ impl ClaimLoop {
             pass.before_claim(&shards, lease_version, self.config.pass_interval);
             if shards.is_empty() {
                 prefetched = None;
+                self.settle_pending(&mut pending, &mut pass, cancel).await;
                 self.wait_for_work(cancel).await;
                 continue;
             }
             let claimed = match prefetched.take() {
                 Some(p) if p.shards == shards && p.after_id == pass.after_id => p.claimed,
-                _ => store::claim(&self.pool, &shards, pass.after_id, &pass.late, batch).await,
+                _ => {
+                    // A claim that is not the read-ahead may re-read rows of the batch whose
+                    // delete is still pending: settle it first, so no row is published again
+                    // after a later row of its key.
+                    self.settle_pending(&mut pending, &mut pass, cancel).await;
+                    store::claim(&self.pool, &shards, pass.after_id, &pass.late, batch).await
+                }
             };
             let claimed = match claimed {
                 Ok(claimed) => claimed,
@@ -204,6 +242,7 @@ impl ClaimLoop {
             self.hold(&mut pass, &blocked).await;
             if rows.is_empty() {
                 if blocked.is_empty() {
+                    self.settle_pending(&mut pending, &mut pass, cancel).await;
                     self.wait_for_work(cancel).await;
                 }
                 continue;
@@ -226,28 +265,75 @@ impl ClaimLoop {
             if rows.is_empty() {
                 continue;
             }
-            let published = if scanned_full && !pass.restart_now {
-                let next = store::claim(&self.pool, &shards, pass.after_id, &pass.late, batch);
-                let (published, next) =
-                    tokio::join!(self.publish(rows, &mut pass.blocked, cancel), next);
+            let pipelined = scanned_full && !pass.restart_now;
+            if !pipelined {
+                self.settle_pending(&mut pending, &mut pass, cancel).await;
+            }
+            // With a backlog, three things overlap: the publish of this batch, the read of the
+            // next one and the delete of the previous one.
+            let previous = pending.take();
+            let (after_id, late) = (pass.after_id, &pass.late);
+            let next = async {
+                if pipelined {
+                    Some(store::claim(&self.pool, &shards, after_id, late, batch).await)
+                } else {
+                    None
+                }
+            };
+            let finish_previous = async {
+                match previous {
+                    Some(done) => Some(self.finish(done, cancel).await),
+                    None => None,
+                }
+            };
+            let (published, next, finished) = tokio::join!(
+                self.publish(rows, &mut pass.blocked, cancel),
+                next,
+                finish_previous
+            );
+            let previous_settled = finished.is_none_or(|f| pass.apply(f));
+            if let Some(next) = next {
                 prefetched = Some(Prefetched {
                     shards,
-                    after_id: pass.after_id,
+                    after_id,
                     claimed: next,
                 });
-                published
-            } else {
-                self.publish(rows, &mut pass.blocked, cancel).await
-            };
+            }
             let Some(outcome) = published else {
                 tracing::warn!(
                     "shutdown timeout reached with publishes in flight; rows stay in the outbox"
                 );
                 return false;
             };
-            self.settle(outcome, &mut pass, cancel).await;
+            let done = self.note(outcome, &mut pass);
+            if !previous_settled {
+                // The previous batch stays in the outbox and will be published again: this
+                // batch must stay too, or its rows would be overtaken by older rows of their
+                // keys on the broker.
+                pass.keep(&done.acked);
+                self.record_failures(&done.failed).await;
+            } else if pipelined {
+                pending = Some(done);
+            } else {
+                let finished = self.finish(done, cancel).await;
+                pass.apply(finished);
+            }
         }
+        self.settle_pending(&mut pending, &mut pass, cancel).await;
         true
+    }
+
+    /// Deletes the batch whose delete was left to overlap the next publish, if any.
+    async fn settle_pending(
+        &self,
+        pending: &mut Option<Done>,
+        pass: &mut Pass,
+        cancel: &CancellationToken,
+    ) {
+        if let Some(done) = pending.take() {
+            let finished = self.finish(done, cancel).await;
+            pass.apply(finished);
+        }
     }
 
     /// Holds the rows queued behind parked rows; any it could not hold stay behind.
@@ -290,10 +376,9 @@ impl ClaimLoop {
         }
     }
 
-    /// Deletes acknowledged rows and records failures, retrying through database outages.
-    /// Whatever stays in the outbox lowers the pass's retry point.
-    async fn settle(&self, outcome: BatchOutcome, pass: &mut Pass, cancel: &CancellationToken) {
-        let acked: Vec<i64> = outcome.acked.iter().map(|(id, _)| *id).collect();
+    /// Takes in what a publish left behind (failed, skipped and fenced rows) and returns
+    /// what is left to write to the database.
+    fn note(&self, outcome: BatchOutcome, pass: &mut Pass) -> Done {
         for (_, latency) in &outcome.acked {
             self.metrics.latency.observe(*latency);
         }
@@ -310,13 +395,24 @@ impl ClaimLoop {
         for failure in &outcome.failed {
             pass.leave_behind(failure.id);
         }
+        Done {
+            acked: outcome.acked.iter().map(|(id, _)| *id).collect(),
+            failed: outcome.failed,
+        }
+    }
+
+    /// Deletes acknowledged rows (fenced by the lease) and records failures, retrying through
+    /// database outages for up to a lease ttl.
+    async fn finish(&self, done: Done, cancel: &CancellationToken) -> Finished {
         let mut backoff = Backoff::default();
         let give_up = Instant::now() + self.config.lease_ttl;
+        let mut finished = Finished { kept: Vec::new() };
         loop {
-            match store::delete_published(&self.pool, self.leases.relay_id(), &acked).await {
+            match store::delete_published(&self.pool, self.leases.relay_id(), &done.acked).await {
                 Ok(deleted) => {
                     self.metrics.published.inc_by(deleted);
-                    let fenced = acked
+                    let fenced = done
+                        .acked
                         .len()
                         .saturating_sub(usize::try_from(deleted).unwrap_or(0));
                     if fenced > 0 {
@@ -324,22 +420,15 @@ impl ClaimLoop {
                             fenced,
                             "published rows not deleted: their shard lease was lost; the new owner republishes them"
                         );
-                        if let Some(first) = acked.iter().min() {
-                            pass.leave_behind(*first);
-                        }
-                        // Later rows of these keys must not go out before their republication.
-                        pass.restart_now = true;
+                        finished.kept = done.acked;
                     }
                     break;
                 }
                 Err(e) => {
                     // Past the lease ttl the delete would be fenced anyway.
                     if Instant::now() > give_up || cancel.is_cancelled() {
-                        tracing::warn!(error = %e, rows = acked.len(), "giving up deleting published rows; they will be published again");
-                        if let Some(first) = acked.iter().min() {
-                            pass.leave_behind(*first);
-                        }
-                        pass.restart_now = true;
+                        tracing::warn!(error = %e, rows = done.acked.len(), "giving up deleting published rows; they will be published again");
+                        finished.kept = done.acked;
                         break;
                     }
                     tracing::warn!(error = %e, "deleting published rows failed; retrying");
@@ -347,10 +436,16 @@ impl ClaimLoop {
                 }
             }
         }
-        if outcome.failed.is_empty() {
+        self.record_failures(&done.failed).await;
+        finished
+    }
+
+    /// Counts and logs publish failures and records them (parking rows past `max_attempts`).
+    async fn record_failures(&self, failed: &[store::FailedRow]) {
+        let Some(first) = failed.first() else {
             return;
-        }
-        for failure in &outcome.failed {
+        };
+        for failure in failed {
             let kind = if failure.counts {
                 "permanent"
             } else {
@@ -358,10 +453,8 @@ impl ClaimLoop {
             };
             self.metrics.failures.with_label_values(&[kind]).inc();
         }
-        let first = &outcome.failed[0];
         tracing::warn!(
-            failed = outcome.failed.len(),
-            skipped = outcome.skipped.len(),
+            failed = failed.len(),
             first_id = first.id,
             first_error = %first.error,
             "publish failures; their keys wait for the next pass"
@@ -369,7 +462,7 @@ impl ClaimLoop {
         match store::record_failures(
             &self.pool,
             self.leases.relay_id(),
-            &outcome.failed,
+            failed,
             self.config.max_attempts,
         )
         .await
@@ -489,6 +582,19 @@ mod tests {
         assert_eq!(pass.generation, Some(4));
         pass.before_claim(&[1], 1, LONG);
         assert_eq!(pass.after_id, 0, "another lease version starts a new pass");
+    }
+
+    #[test]
+    fn rows_kept_after_their_publish_restart_the_pass_below_them_at_once() {
+        let mut pass = Pass::new(vec![1], 0);
+        assert!(pass.accept(&claimed(&[5, 6, 7, 8], 0)));
+        assert!(pass.apply(Finished { kept: Vec::new() }), "all deleted");
+        assert!(!pass.apply(Finished { kept: vec![7, 6] }));
+        pass.before_claim(&[1], 0, LONG);
+        assert_eq!(
+            pass.after_id, 5,
+            "the next claim republishes from the lowest kept row"
+        );
     }
 
     #[test]
