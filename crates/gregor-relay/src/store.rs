@@ -295,7 +295,9 @@ pub(crate) async fn record_failures(
 const BACKLOG_COUNT_CAP: i64 = 10_000;
 
 /// The relay's periodic view of the outbox, with every query bounded: the backlog is counted
-/// up to [`BACKLOG_COUNT_CAP`] rows (then estimated from the table statistics), parked rows
+/// up to [`BACKLOG_COUNT_CAP`] rows while the table statistics estimate fewer live rows than
+/// that, and taken from the estimate otherwise (so a large outbox is not walked every two
+/// seconds by every replica), parked rows
 /// through their partial index, and the oldest unpublished row is found by walking the primary
 /// key from `oldest_hint` (the oldest id found last time), never from the head of the table.
 /// A row of a transaction that commits long after it was written can sit below the hint until
@@ -311,14 +313,16 @@ pub(crate) async fn status(
         Option<i64>,
         Option<f64>,
     ) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM (SELECT 1 FROM gregor_outbox
-                                        WHERE parked_at IS NULL LIMIT $2) AS capped),
-                (SELECT n_live_tup FROM pg_stat_user_tables
-                  WHERE relid = 'gregor_outbox'::regclass),
+        "SELECT CASE WHEN coalesce(stats.live, 0) < $2 THEN
+                     (SELECT count(*) FROM (SELECT 1 FROM gregor_outbox
+                                             WHERE parked_at IS NULL LIMIT $2) AS capped)
+                     ELSE $2 END,
+                stats.live,
                 (SELECT count(*) FROM gregor_outbox WHERE parked_at IS NOT NULL),
                 oldest.id,
                 extract(epoch FROM clock_timestamp() - oldest.created_at)::float8
-           FROM (SELECT 1) AS one
+           FROM (SELECT (SELECT n_live_tup FROM pg_stat_user_tables
+                          WHERE relid = 'gregor_outbox'::regclass) AS live) AS stats
            LEFT JOIN LATERAL (
                 SELECT id, created_at FROM gregor_outbox
                  WHERE id >= $1 AND parked_at IS NULL
