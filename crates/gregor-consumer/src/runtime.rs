@@ -18,7 +18,7 @@ use gregor_telemetry::health::Check;
 
 use crate::metrics::{ConsumerMetrics, InFlight};
 use crate::observe;
-use crate::offsets::{Offsets, PartKey};
+use crate::offsets::{Offsets, PartKey, PartOffsets};
 use crate::worker::{Worker, lane};
 
 /// Rebalance hooks: on revoke, wait for running handlers and commit what they finished.
@@ -170,7 +170,7 @@ pub(crate) type Taken = (OwnedMessage, InFlight);
 
 /// A partition's lanes and the messages waiting for room in them.
 struct Partition {
-    generation: u64,
+    offsets: Arc<PartOffsets>,
     lanes: Vec<mpsc::Sender<Taken>>,
     waiting: VecDeque<Taken>,
     paused: bool,
@@ -210,7 +210,7 @@ impl PollLoop {
                 () = self.worker.halt.cancelled() => break,
                 () = progress.notified() => self.refill(&mut partitions),
                 _ = commit_tick.tick() => {
-                    partitions.retain(|k, p| offsets_live(&offsets, k, p.generation));
+                    partitions.retain(|_, p| p.offsets.is_live());
                     self.count_paused(&partitions);
                     self.commit(CommitMode::Async);
                 }
@@ -277,28 +277,22 @@ impl PollLoop {
         lanes_token: &CancellationToken,
     ) {
         let key: PartKey = (msg.topic().to_owned(), msg.partition());
-        let (generation, token) = self.worker.offsets.track(&key, msg.offset(), lanes_token);
-        let stale = partitions
-            .get(&key)
-            .is_none_or(|p| p.generation != generation);
-        if stale {
+        // The partition's offsets are cached with its lanes; a revoke cancels them, and the
+        // next message of the partition starts a new generation with new lanes.
+        let live = partitions.get(&key).is_some_and(|p| p.offsets.is_live());
+        if !live {
+            let part = self.worker.offsets.partition(&key, lanes_token);
             let lanes = (0..self.key_concurrency)
                 .map(|_| {
                     let (tx, rx) = mpsc::channel(self.lane_capacity);
-                    tokio::spawn(lane(
-                        self.worker.clone(),
-                        key.clone(),
-                        generation,
-                        token.clone(),
-                        rx,
-                    ));
+                    tokio::spawn(lane(self.worker.clone(), key.clone(), part.clone(), rx));
                     tx
                 })
                 .collect();
             partitions.insert(
                 key.clone(),
                 Partition {
-                    generation,
+                    offsets: part,
                     lanes,
                     waiting: VecDeque::new(),
                     paused: false,
@@ -308,6 +302,7 @@ impl PollLoop {
         let Some(p) = partitions.get_mut(&key) else {
             return;
         };
+        p.offsets.track(msg.offset());
         p.waiting
             .push_back((msg, InFlight::new(&self.worker.metrics.in_flight)));
         if self.feed(&key, p) {
@@ -351,7 +346,7 @@ impl PollLoop {
                 // The lane ended (revoked or shut down): nothing more to do here. The offsets
                 // stay tracked, so nothing is committed past them.
                 Err(mpsc::error::TrySendError::Closed(_)) => {
-                    if self.worker.offsets.is_current(key, p.generation) {
+                    if p.offsets.is_live() {
                         tracing::error!(topic = %key.0, partition = key.1,
                             "a handler lane stopped unexpectedly; the partition waits for a rebalance");
                     }
@@ -385,10 +380,6 @@ impl PollLoop {
         }
         false
     }
-}
-
-fn offsets_live(offsets: &Offsets, key: &PartKey, generation: u64) -> bool {
-    offsets.is_current(key, generation)
 }
 
 /// The lane of a key: FNV-1a of the key bytes (keyless messages share lane 0).

@@ -23,7 +23,7 @@ use crate::forward::{self, Failure, Stage};
 use crate::forward_error::ForwardError;
 use crate::forwarder::{Forwarder, Stop};
 use crate::metrics::{ConsumerMetrics, TopicMetrics, outcome};
-use crate::offsets::{Offsets, PartKey};
+use crate::offsets::{Offsets, PartKey, PartOffsets};
 use crate::outage;
 use crate::retry_headers;
 use crate::route::{Attempt, ErrorKind, EventMeta, RouteEntry};
@@ -64,10 +64,10 @@ pub(crate) struct Worker {
 pub(crate) async fn lane(
     worker: Arc<Worker>,
     key: PartKey,
-    generation: u64,
-    token: CancellationToken,
+    part: Arc<PartOffsets>,
     mut rx: mpsc::Receiver<Taken>,
 ) {
+    let token = part.token().clone();
     let batch_max = worker.batch_size(&key.0);
     let mut batch = Vec::with_capacity(batch_max);
     // The batch's in-flight counts: released once its messages are finished (or with the lane).
@@ -91,10 +91,10 @@ pub(crate) async fn lane(
             }
         }
         for begun in 0..batch.len() {
-            if !worker.offsets.begin(&key, generation) {
+            if !worker.offsets.begin(&part) {
                 // Revoked meanwhile: undo what was begun (nothing ran), then stop.
                 for m in &batch[..begun] {
-                    worker.offsets.finish(&key, generation, m.offset(), false);
+                    worker.offsets.finish(&part, m.offset(), false);
                 }
                 return;
             }
@@ -108,7 +108,7 @@ pub(crate) async fn lane(
         for (msg, outcome) in batch.iter().zip(outcomes) {
             let done = outcome != Outcome::Abandoned;
             abandoned |= !done;
-            worker.offsets.finish(&key, generation, msg.offset(), done);
+            worker.offsets.finish(&part, msg.offset(), done);
         }
         in_flight.clear();
         worker.progress.notify_one();
