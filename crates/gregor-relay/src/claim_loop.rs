@@ -77,8 +77,10 @@ struct Done {
 /// How a batch's delete ended.
 #[derive(Debug)]
 struct Finished {
-    /// Acknowledged rows that stay in the outbox (the delete was fenced or gave up): they will
-    /// be published again, so nothing published after them may be deleted before they are.
+    /// Acknowledged rows that may stay in the outbox (the delete was fenced, partly or wholly,
+    /// or gave up): they will be published again, so nothing published after them may be
+    /// deleted before they are. All of the batch's rows, even those a partial fence deleted:
+    /// treating them as kept only costs a restart below them.
     kept: Vec<i64>,
 }
 
@@ -183,8 +185,13 @@ impl ClaimLoop {
         // A published batch whose delete runs while the next batch publishes.
         let mut pending: Option<Done> = None;
         while !cancel.is_cancelled() {
-            // No batch is in flight here: the safe point to hand shards back.
+            // No publish is in flight here: the safe point to hand shards back, once the
+            // pending delete is done (after the release it would be fenced, and the new owner
+            // would publish the whole batch again).
             let releasing = self.leases.releasing();
+            if !releasing.is_empty() {
+                self.settle_pending(&mut pending, &mut pass, cancel).await;
+            }
             if let Err(e) = self.leases.release(&self.pool, &releasing).await {
                 tracing::warn!(error = %e, "could not release shard leases; will retry");
             }
@@ -212,8 +219,11 @@ impl ClaimLoop {
                 _ => {
                     // A claim that is not the read-ahead may re-read rows of the batch whose
                     // delete is still pending: settle it first, so no row is published again
-                    // after a later row of its key.
-                    self.settle_pending(&mut pending, &mut pass, cancel).await;
+                    // after a later row of its key. If that batch stays in the outbox, the
+                    // pass must restart below it before claiming anything.
+                    if !self.settle_pending(&mut pending, &mut pass, cancel).await {
+                        continue;
+                    }
                     store::claim(&self.pool, &shards, pass.after_id, &pass.late, batch).await
                 }
             };
@@ -266,8 +276,13 @@ impl ClaimLoop {
                 continue;
             }
             let pipelined = scanned_full && !pass.restart_now;
-            if !pipelined {
-                self.settle_pending(&mut pending, &mut pass, cancel).await;
+            if !pipelined && !self.settle_pending(&mut pending, &mut pass, cancel).await {
+                // The previous batch stays in the outbox: publishing these rows now would put
+                // them ahead of its republication. They wait for the restart below it.
+                if let Some(first) = rows.iter().map(|row| row.id).min() {
+                    pass.leave_behind(first);
+                }
+                continue;
             }
             // With a backlog, three things overlap: the publish of this batch, the read of the
             // next one and the delete of the previous one.
@@ -323,16 +338,21 @@ impl ClaimLoop {
         true
     }
 
-    /// Deletes the batch whose delete was left to overlap the next publish, if any.
+    /// Deletes the batch whose delete was left to overlap the next publish, if any. Returns
+    /// `false` when rows of it stay in the outbox: the pass then restarts below them, and
+    /// nothing may be published before that restart.
     async fn settle_pending(
         &self,
         pending: &mut Option<Done>,
         pass: &mut Pass,
         cancel: &CancellationToken,
-    ) {
-        if let Some(done) = pending.take() {
-            let finished = self.finish(done, cancel).await;
-            pass.apply(finished);
+    ) -> bool {
+        match pending.take() {
+            Some(done) => {
+                let finished = self.finish(done, cancel).await;
+                pass.apply(finished)
+            }
+            None => true,
         }
     }
 
