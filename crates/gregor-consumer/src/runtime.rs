@@ -2,6 +2,7 @@
 //! partition whose lanes are full, commits watermarks, and stops cleanly.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaResult;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use gregor_telemetry::health::Check;
@@ -168,9 +169,39 @@ pub(crate) fn to_tpl(marks: &[(PartKey, i64)]) -> TopicPartitionList {
 /// A message on its way to a lane, counted in the in-flight gauge until dropped.
 pub(crate) type Taken = (OwnedMessage, InFlight);
 
+/// Set by the poll loop while a partition has messages waiting for room in its lanes; the
+/// lane that makes room then wakes the poll loop. Lanes of a partition with nothing waiting
+/// never wake it.
+pub(crate) struct Room {
+    wanted: AtomicBool,
+    progress: Arc<Notify>,
+}
+
+impl Room {
+    fn new(progress: Arc<Notify>) -> Self {
+        Self {
+            wanted: AtomicBool::new(false),
+            progress,
+        }
+    }
+
+    /// The poll loop has messages waiting: the next lane to make room wakes it.
+    fn want(&self) {
+        self.wanted.store(true, Ordering::SeqCst);
+    }
+
+    /// A lane took messages from its queue.
+    pub(crate) fn made(&self) {
+        if self.wanted.swap(false, Ordering::SeqCst) {
+            self.progress.notify_one();
+        }
+    }
+}
+
 /// A partition's lanes and the messages waiting for room in them.
 struct Partition {
     offsets: Arc<PartOffsets>,
+    room: Arc<Room>,
     lanes: Vec<mpsc::Sender<Taken>>,
     waiting: VecDeque<Taken>,
     paused: bool,
@@ -282,10 +313,17 @@ impl PollLoop {
         let live = partitions.get(&key).is_some_and(|p| p.offsets.is_live());
         if !live {
             let part = self.worker.offsets.partition(&key, lanes_token);
+            let room = Arc::new(Room::new(self.worker.progress.clone()));
             let lanes = (0..self.key_concurrency)
                 .map(|_| {
                     let (tx, rx) = mpsc::channel(self.lane_capacity);
-                    tokio::spawn(lane(self.worker.clone(), key.clone(), part.clone(), rx));
+                    tokio::spawn(lane(
+                        self.worker.clone(),
+                        key.clone(),
+                        part.clone(),
+                        room.clone(),
+                        rx,
+                    ));
                     tx
                 })
                 .collect();
@@ -293,6 +331,7 @@ impl PollLoop {
                 key.clone(),
                 Partition {
                     offsets: part,
+                    room,
                     lanes,
                     waiting: VecDeque::new(),
                     paused: false,
@@ -335,13 +374,20 @@ impl PollLoop {
     /// capacity plus what librdkafka had prefetched. Returns whether the partition was paused
     /// or resumed.
     fn feed(&self, key: &PartKey, p: &mut Partition) -> bool {
+        let mut asked = false;
         while let Some(msg) = p.waiting.pop_front() {
             let lane = lane_of(msg.0.key(), p.lanes.len());
             match p.lanes[lane].try_send(msg) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(msg)) => {
                     p.waiting.push_front(msg);
-                    break;
+                    if asked {
+                        break;
+                    }
+                    // Ask the lanes to wake this loop when they make room, then look once
+                    // more: a lane that made room before the ask saw no reason to wake it.
+                    p.room.want();
+                    asked = true;
                 }
                 // The lane ended (revoked or shut down): nothing more to do here. The offsets
                 // stay tracked, so nothing is committed past them.

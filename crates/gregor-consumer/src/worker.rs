@@ -28,7 +28,7 @@ use crate::outage;
 use crate::retry_headers;
 use crate::route::{Attempt, ErrorKind, EventMeta, RouteEntry};
 use crate::router::{self, Decision, Tally};
-use crate::runtime::Taken;
+use crate::runtime::{Room, Taken};
 use crate::trace;
 
 /// What became of a message.
@@ -65,6 +65,7 @@ pub(crate) async fn lane(
     worker: Arc<Worker>,
     key: PartKey,
     part: Arc<PartOffsets>,
+    room: Arc<Room>,
     mut rx: mpsc::Receiver<Taken>,
 ) {
     let token = part.token().clone();
@@ -90,6 +91,8 @@ pub(crate) async fn lane(
                 Err(_) => break,
             }
         }
+        // The queue has room now: messages waiting in the poll loop may move in.
+        room.made();
         for begun in 0..batch.len() {
             if !worker.offsets.begin(&part) {
                 // Revoked meanwhile: undo what was begun (nothing ran), then stop.
@@ -111,7 +114,6 @@ pub(crate) async fn lane(
             worker.offsets.finish(&part, msg.offset(), done);
         }
         in_flight.clear();
-        worker.progress.notify_one();
         if abandoned {
             return;
         }
