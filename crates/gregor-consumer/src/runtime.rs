@@ -234,12 +234,21 @@ impl PollLoop {
         let mut consumed: HashMap<String, prometheus::IntCounter> = HashMap::new();
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The wake-up futures live across iterations: building and dropping them for every
+        // message registered and unregistered a waiter under a lock each time.
+        let stopped = shutdown.cancelled();
+        let halted = self.worker.halt.cancelled();
+        let room = progress.notified();
+        tokio::pin!(stopped, halted, room);
         loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
-                () = self.worker.halt.cancelled() => break,
-                () = progress.notified() => self.refill(&mut partitions),
+                () = &mut stopped => break,
+                () = &mut halted => break,
+                () = &mut room => {
+                    room.set(progress.notified());
+                    self.refill(&mut partitions);
+                }
                 _ = commit_tick.tick() => {
                     partitions.retain(|_, p| p.offsets.is_live());
                     self.count_paused(&partitions);

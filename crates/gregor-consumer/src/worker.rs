@@ -73,10 +73,13 @@ pub(crate) async fn lane(
     let mut batch = Vec::with_capacity(batch_max);
     // The batch's in-flight counts: released once its messages are finished (or with the lane).
     let mut in_flight = Vec::with_capacity(batch_max);
+    // Built once: a cancellation future per message registered a waiter under a lock.
+    let revoked = token.cancelled();
+    tokio::pin!(revoked);
     loop {
         let (msg, counted) = tokio::select! {
             biased;
-            () = token.cancelled() => return,
+            () = &mut revoked => return,
             m = rx.recv() => match m { Some(m) => m, None => return },
         };
         batch.clear();
