@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 
-use gregor_telemetry::propagation::TraceHeaders;
 use gregor_wire::headers as h;
+use gregor_wire::propagation::TraceHeaders;
 
 use crate::route::ErrorKind;
 

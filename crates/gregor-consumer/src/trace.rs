@@ -2,8 +2,8 @@
 //! in its `traceparent` header (a replayed message starts a new trace linked to it), and one
 //! `publish <topic>` span per retry or dead-letter copy, whose context the copy carries on.
 
-use gregor_telemetry::propagation::{self, TraceHeaders};
 use gregor_wire::headers as h;
+use gregor_wire::propagation::{self, TraceHeaders};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use tracing::Span;

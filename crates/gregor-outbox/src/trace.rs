@@ -1,7 +1,7 @@
 /// The W3C `traceparent`/`tracestate` of the current `tracing` span, when an OpenTelemetry
 /// layer is installed and the span belongs to a valid trace.
 pub fn current_trace_context() -> Option<(String, Option<String>)> {
-    gregor_telemetry::propagation::current_trace_headers().map(|t| (t.traceparent, t.tracestate))
+    gregor_wire::propagation::current_trace_headers().map(|t| (t.traceparent, t.tracestate))
 }
 
 /// The `create <topic>` span of one enqueued event: its context is what the row stores, so

@@ -1,7 +1,7 @@
 //! The relay's `publish <topic>` span: a child of the trace context captured at enqueue, so
 //! the consumer that continues the `traceparent` the relay sends becomes its child.
 
-use gregor_telemetry::propagation;
+use gregor_wire::propagation;
 use rdkafka::error::KafkaError;
 use tracing::Span;
 use tracing::field::Empty;

@@ -1,9 +1,12 @@
 //! Telemetry for gregor: what binaries install once, and what libraries use to carry a trace
 //! across Kafka.
 //!
-//! * [`propagation`]: W3C `traceparent`/`tracestate` in and out of `tracing` spans. Libraries
+//! * [`propagation`]: W3C `traceparent`/`tracestate` in and out of `tracing` spans —
+//!   `gregor_wire::propagation` (feature `otel` of `gregor-wire`), re-exported here. Libraries
 //!   only emit `tracing` spans and events; with an OpenTelemetry layer installed, a consumer's
-//!   handling span continues the trace an HTTP request started before the outbox.
+//!   handling span continues the trace an HTTP request started before the outbox. Libraries
+//!   depend on `gregor-wire` for it, not on this crate, so that they do not link the
+//!   OpenTelemetry SDK.
 //! * [`init()`] (feature `init`): the global subscriber of a binary — log lines on stderr
 //!   (`RUST_LOG`, `GREGOR_LOG_FORMAT=text|pretty|json`) and, when `OTEL_EXPORTER_OTLP_ENDPOINT`
 //!   is set, batched OTLP/HTTP trace export honouring the standard `OTEL_*` variables; and
@@ -41,7 +44,7 @@ mod error;
 pub mod health;
 #[cfg(feature = "init")]
 mod init;
-pub mod propagation;
+pub use gregor_wire::propagation;
 #[cfg(feature = "init")]
 mod signal;
 

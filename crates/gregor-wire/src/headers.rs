@@ -1,7 +1,12 @@
-//! Header names and helpers for reading them from rdkafka messages.
+//! Header names, and (feature `kafka`) helpers for reading them from rdkafka messages.
 
 use chrono::{DateTime, Utc};
-use rdkafka::message::{Headers, OwnedHeaders};
+
+#[cfg(feature = "kafka")]
+mod read;
+
+#[cfg(feature = "kafka")]
+pub use read::{get_str, get_time};
 
 /// CloudEvents spec version (`1.0`).
 pub const CE_SPECVERSION: &str = "ce_specversion";
@@ -69,23 +74,6 @@ pub const DIAGNOSTIC_HEADERS: &[&str] = &[
 /// Longest error message carried in [`ERROR_MESSAGE`], in bytes.
 pub const MAX_ERROR_MESSAGE: usize = 1024;
 
-/// The first value of header `name` as UTF-8, if present and valid.
-pub fn get_str<'a>(headers: Option<&'a OwnedHeaders>, name: &str) -> Option<&'a str> {
-    let headers = headers?;
-    headers
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
-}
-
-/// An RFC 3339 timestamp header.
-pub fn get_time(headers: Option<&OwnedHeaders>, name: &str) -> Option<DateTime<Utc>> {
-    get_str(headers, name)
-        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
-        .map(|t| t.with_timezone(&Utc))
-}
-
 /// Formats a timestamp the way the headers carry it.
 pub fn format_time(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -106,26 +94,6 @@ pub fn bounded_message(message: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::message::Header;
-
-    #[test]
-    fn reads_headers_and_times() {
-        let t = Utc::now();
-        let formatted = format_time(t);
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: CE_ID,
-                value: Some("abc"),
-            })
-            .insert(Header {
-                key: NOT_BEFORE,
-                value: Some(formatted.as_str()),
-            });
-        assert_eq!(get_str(Some(&headers), CE_ID), Some("abc"));
-        let back = get_time(Some(&headers), NOT_BEFORE).unwrap();
-        assert_eq!(back.timestamp_millis(), t.timestamp_millis());
-        assert!(get_str(Some(&headers), "missing").is_none());
-    }
 
     #[test]
     fn error_messages_are_bounded_on_char_boundaries() {

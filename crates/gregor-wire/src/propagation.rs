@@ -1,18 +1,18 @@
-//! W3C trace context (`traceparent`/`tracestate`) in and out of `tracing` spans.
+//! W3C trace context (`traceparent`/`tracestate`) in and out of `tracing` spans (feature
+//! `otel`).
 //!
 //! Everything here is a no-op without an OpenTelemetry layer in the subscriber: spans then
 //! carry no OpenTelemetry context, and callers fall back to forwarding the headers they got.
+//! Only the OpenTelemetry API and `tracing-opentelemetry` are linked; the SDK (and its
+//! exporters) belongs to binaries (`gregor-telemetry`'s `init`).
+
+mod w3c;
 
 use opentelemetry::Context;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The W3C header names.
-pub const TRACEPARENT: &str = "traceparent";
-/// The W3C header names.
-pub const TRACESTATE: &str = "tracestate";
+pub use crate::headers::{TRACEPARENT, TRACESTATE};
 
 /// A W3C trace context as it travels in headers or outbox columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,50 +23,10 @@ pub struct TraceHeaders {
     pub tracestate: Option<String>,
 }
 
-struct Carrier<'a> {
-    traceparent: &'a str,
-    tracestate: Option<&'a str>,
-}
-
-impl Extractor for Carrier<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        match key {
-            TRACEPARENT => Some(self.traceparent),
-            TRACESTATE => self.tracestate,
-            _ => None,
-        }
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        vec![TRACEPARENT, TRACESTATE]
-    }
-}
-
-#[derive(Default)]
-struct Out {
-    traceparent: Option<String>,
-    tracestate: Option<String>,
-}
-
-impl Injector for Out {
-    fn set(&mut self, key: &str, value: String) {
-        match key {
-            TRACEPARENT => self.traceparent = Some(value),
-            TRACESTATE if !value.is_empty() => self.tracestate = Some(value),
-            _ => {}
-        }
-    }
-}
-
 /// The remote span context a `traceparent` (and optional `tracestate`) names; `None` when the
 /// header is malformed.
 pub fn span_context(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
-    let cx = TraceContextPropagator::new().extract(&Carrier {
-        traceparent,
-        tracestate,
-    });
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then_some(sc)
+    w3c::extract(traceparent, tracestate)
 }
 
 /// Makes `span` a child of the remote context in the headers. Returns false when the header
@@ -100,14 +60,15 @@ pub fn link_remote(span: &tracing::Span, traceparent: &str, tracestate: Option<&
 /// layer or when the span is not part of a valid trace.
 pub fn trace_headers(span: &tracing::Span) -> Option<TraceHeaders> {
     let cx = span.context();
-    if !cx.span().span_context().is_valid() {
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
         return None;
     }
-    let mut out = Out::default();
-    TraceContextPropagator::new().inject_context(&cx, &mut out);
+    let state = sc.trace_state().header();
     Some(TraceHeaders {
-        traceparent: out.traceparent?,
-        tracestate: out.tracestate,
+        traceparent: w3c::traceparent(sc),
+        tracestate: (!state.is_empty()).then_some(state),
     })
 }
 
@@ -145,6 +106,16 @@ mod tests {
             assert!(!out.traceparent.contains("b7ad6b7169203331"), "{out:?}");
             assert!(out.traceparent.ends_with("-01"));
             assert_eq!(out.tracestate.as_deref(), Some("vendor=1"));
+        });
+    }
+
+    #[test]
+    fn no_tracestate_when_the_parent_had_none() {
+        with_tracer(|| {
+            let span = tracing::info_span!("process");
+            assert!(set_remote_parent(&span, PARENT, None));
+            let out = trace_headers(&span).expect("a context");
+            assert_eq!(out.tracestate, None);
         });
     }
 
