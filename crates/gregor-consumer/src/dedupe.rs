@@ -10,7 +10,8 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use gregor_wire::headers;
 
-const MIGRATIONS: &[(i32, &str, &str)] = &[
+/// The inbox's migrations (versions 1001–1999, [`gregor_pg::INBOX_VERSIONS`]).
+const MIGRATIONS: &[gregor_pg::Migration] = &[
     (1001, "inbox", include_str!("../migrations/1001_inbox.sql")),
     (
         1002,
@@ -23,8 +24,8 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 const CLEANUP_BATCH: i64 = 10_000;
 
 /// Creates or updates the inbox table (safe to run from many processes at once).
-pub async fn migrate(pool: &PgPool) -> Result<(), gregor_outbox::OutboxError> {
-    gregor_outbox::apply_migrations(pool, MIGRATIONS).await
+pub async fn migrate(pool: &PgPool) -> Result<(), gregor_pg::PgError> {
+    gregor_pg::apply_migrations(pool, MIGRATIONS).await
 }
 
 /// The default dedupe key: the `ce_id` header, else the message's original coordinates

@@ -70,7 +70,7 @@ impl From<sqlx::Error> for HandlerError {
         if crate::outage::is_database_unreachable(&e) {
             return Self::Unavailable(Box::new(e));
         }
-        if gregor_outbox::is_retryable_sqlx(&e) {
+        if gregor_pg::is_retryable_sqlx(&e) {
             return Self::Retryable(Box::new(e));
         }
         match &e {
@@ -172,7 +172,7 @@ pub enum ConsumerError {
     Database(#[from] sqlx::Error),
     /// The dedupe schema could not be applied.
     #[error("dedupe schema: {0}")]
-    Schema(#[from] gregor_outbox::OutboxError),
+    Schema(#[from] gregor_pg::PgError),
     /// Topics the routes need do not exist.
     #[error(
         "missing topics: {} (create them with `gregor topics ensure <topic>`)",
@@ -206,7 +206,7 @@ impl ConsumerError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Kafka(_) | Self::MissingTopics(_) => true,
-            Self::Database(e) => gregor_outbox::is_retryable_sqlx(e),
+            Self::Database(e) => gregor_pg::is_retryable_sqlx(e),
             Self::Schema(e) => e.is_retryable(),
             Self::Http(e) => e.is_retryable(),
             Self::Config(_)

@@ -87,6 +87,8 @@ pub use dedupe::{cleanup as cleanup_dedupe, migrate as migrate_dedupe};
 pub use error::{BoxError, ConsumerError, DecodeError, HandlerError};
 pub use event::{Context, Event, Tx};
 pub use forward_error::ForwardError;
+/// What [`migrate_dedupe`] and [`ConsumerError::Schema`] carry.
+pub use gregor_pg::PgError;
 pub use metrics::{ConsumerMetrics, ConsumerStats};
 pub use outage::is_database_unreachable;
 pub use route::{DedupeKeyFn, ErrorKind, Handler, RouteOptions};

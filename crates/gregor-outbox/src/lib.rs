@@ -36,9 +36,10 @@ mod trace;
 
 pub use admin::{OutboxStatus, ParkedRow, Requeue, parked, requeue, status};
 pub use enqueue::{enqueue, enqueue_batch};
-pub use error::{OutboxError, is_retryable_sqlx, is_tls_failure};
+pub use error::OutboxError;
+pub use gregor_pg::{is_retryable_sqlx, is_tls_failure};
 pub use message::{OutboxMessage, RESERVED_HEADERS, RESERVED_PREFIX, validate_topic};
-pub use migrate::{apply_migrations, migrate};
+pub use migrate::{MIGRATIONS, apply_migrations, migrate};
 pub use shard::{SHARDS, shard_of};
 pub use trace::current_trace_context;
 

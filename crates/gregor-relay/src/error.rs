@@ -32,7 +32,7 @@ impl RelayError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Config(_) | Self::Http { .. } => false,
-            Self::Database(e) => gregor_outbox::is_retryable_sqlx(e),
+            Self::Database(e) => gregor_pg::is_retryable_sqlx(e),
             Self::Outbox(e) => e.is_retryable(),
             Self::Kafka(e) => e
                 .rdkafka_error_code()

@@ -216,7 +216,7 @@ impl Relay {
         loop {
             match gregor_outbox::migrate(&self.pool).await {
                 Ok(()) => return Startup::Ready,
-                Err(e) if e.sqlx().is_some_and(gregor_outbox::is_tls_failure) => {
+                Err(e) if e.sqlx().is_some_and(gregor_pg::is_tls_failure) => {
                     let reason = e.sqlx().map_or_else(|| e.to_string(), ToString::to_string);
                     return Startup::Refused(ConfigError::invalid(
                         "DATABASE_URL",
