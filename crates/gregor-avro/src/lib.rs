@@ -3,7 +3,8 @@
 //!
 //! * [`AvroSerializer`] turns a serde value into framed bytes, registering (or looking up) its
 //!   schema under the subject a [`SubjectNameStrategy`] names — once per subject.
-//!   [`AvroSerializer::message`] builds an outbox message, so the relay stays bytes-only.
+//!   `AvroSerializer::message` (feature `outbox`, off by default; on in the `gregor` facade)
+//!   builds an outbox message, so the relay stays bytes-only.
 //! * [`AvroDeserializer`] turns framed bytes into a serde value, resolving the writer schema
 //!   against the reader schema (added fields with defaults, removed fields, promotions).
 //!   Schemas and resolution plans are cached per schema id: the hot path makes no HTTP call.
