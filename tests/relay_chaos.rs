@@ -28,6 +28,8 @@ const TOTAL: u64 = PRODUCERS as u64 * EVENTS_PER_PRODUCER;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_relays_survive_kill_and_stop_without_loss_or_reordering() -> anyhow::Result<()> {
     let db = TestDb::create("chaos").await?;
+    // The lease and member tables are read below, maybe before a relay has migrated.
+    gregor_relay::migrate(&db.pool).await?;
     let topic = unique_name("chaos");
     kafka::create_topic(&topic, 6).await?;
     sqlx::query("CREATE TABLE aggregate (key TEXT PRIMARY KEY, seq BIGINT NOT NULL DEFAULT 0)")

@@ -24,6 +24,8 @@ const ROWS: usize = 4;
 async fn rows_dropped_at_a_lapsed_lease_go_out_before_later_rows_of_their_key() -> anyhow::Result<()>
 {
     let db = TestDb::create("lapsed").await?;
+    // The lease table is read below, maybe before the relay has migrated.
+    gregor_relay::migrate(&db.pool).await?;
     let topic = unique_name("lapsed");
     kafka::create_topic(&topic, 1).await?;
     let relay = InProcessRelay::start(

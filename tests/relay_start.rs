@@ -28,6 +28,14 @@ async fn enqueue_keys(db: &TestDb, topic: &str, tag: &str, n: usize) -> anyhow::
     Ok(())
 }
 
+/// A database with the relay's tables too, so that `shares` can be asked before a relay
+/// started has migrated it.
+async fn relay_db(name: &str) -> anyhow::Result<TestDb> {
+    let db = TestDb::create(name).await?;
+    gregor_relay::migrate(&db.pool).await?;
+    Ok(db)
+}
+
 /// Live leases per owner, largest first.
 async fn shares(db: &TestDb) -> anyhow::Result<Vec<i64>> {
     Ok(sqlx::query_scalar(
@@ -41,7 +49,7 @@ async fn shares(db: &TestDb) -> anyhow::Result<Vec<i64>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_relay_publishes_before_its_second_heartbeat() -> anyhow::Result<()> {
-    let db = TestDb::create("firstbeat").await?;
+    let db = relay_db("firstbeat").await?;
     let topic = unique_name("firstbeat");
     kafka::create_topic(&topic, 3).await?;
     // Rows on many shards are waiting before the relay starts.
@@ -54,7 +62,7 @@ async fn a_lone_relay_publishes_before_its_second_heartbeat() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_converge_promptly_and_take_released_shards_at_once() -> anyhow::Result<()> {
-    let db = TestDb::create("handover").await?;
+    let db = relay_db("handover").await?;
     let topic = unique_name("handover");
     kafka::create_topic(&topic, 3).await?;
     let bootstrap = kafka_bootstrap()?;

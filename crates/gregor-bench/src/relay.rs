@@ -497,7 +497,9 @@ where
 }
 
 /// Forgets replicas of earlier scenarios (their heartbeats would shrink the fair share).
+/// Creates the relay's tables first: no relay may have run on the database yet.
 pub(crate) async fn reset_leases(pool: &PgPool) -> anyhow::Result<()> {
+    gregor_relay::migrate(pool).await?;
     sqlx::query("UPDATE gregor_relay_leases SET owner = NULL, expires_at = '-infinity'")
         .execute(pool)
         .await?;

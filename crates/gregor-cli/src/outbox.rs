@@ -51,7 +51,7 @@ pub(crate) enum OutboxCommand {
         #[arg(long)]
         content_type: Option<String>,
     },
-    /// Create or upgrade the outbox tables.
+    /// Create or upgrade the outbox's and the relay's tables (what the relay applies at start).
     Migrate,
 }
 
@@ -142,7 +142,10 @@ pub(crate) async fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
             tx.commit().await?;
             println!("enqueued event {id}");
         }
-        OutboxCommand::Migrate => println!("outbox schema is up to date"),
+        OutboxCommand::Migrate => {
+            gregor_relay::migrate(&pool).await?;
+            println!("outbox and relay schema are up to date");
+        }
     }
     Ok(())
 }

@@ -30,24 +30,9 @@ CREATE INDEX IF NOT EXISTS gregor_outbox_xid ON gregor_outbox (xid);
 CREATE INDEX IF NOT EXISTS gregor_outbox_parked_key
     ON gregor_outbox (key, id) WHERE parked_at IS NOT NULL;
 
--- One lease per shard. A relay publishes and deletes rows of a shard only while it holds the
--- shard's lease; epoch grows on every change of owner (fencing token).
-CREATE TABLE IF NOT EXISTS gregor_relay_leases (
-    shard      SMALLINT    PRIMARY KEY CHECK (shard >= 0 AND shard < 64),
-    owner      UUID,
-    epoch      BIGINT      NOT NULL DEFAULT 0,
-    expires_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity'
-);
-INSERT INTO gregor_relay_leases (shard)
-    SELECT s FROM generate_series(0, 63) AS s
-    ON CONFLICT (shard) DO NOTHING;
-
--- Live relay replicas, so each can take a fair share of the shards.
-CREATE TABLE IF NOT EXISTS gregor_relay_members (
-    relay_id     UUID        PRIMARY KEY,
-    name         TEXT        NOT NULL,
-    heartbeat_at TIMESTAMPTZ NOT NULL
-);
+-- The relay's shard leases and member list (gregor_relay_leases, gregor_relay_members) were
+-- created here until ADR 0013; they are the relay's migration 2001 now. Databases this
+-- migration ran on before keep them (version 1 is never re-run), and 2001 is a no-op there.
 
 -- Wake relays at commit time instead of waiting for their next poll.
 CREATE OR REPLACE FUNCTION gregor_outbox_notify() RETURNS trigger

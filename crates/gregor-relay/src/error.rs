@@ -10,7 +10,8 @@ pub enum RelayError {
     /// PostgreSQL failed or is unreachable.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    /// The outbox schema could not be migrated.
+    /// An outbox operation failed. (Migrations fail with [`gregor_pg::PgError`], what
+    /// [`crate::migrate`] returns.)
     #[error(transparent)]
     Outbox(#[from] gregor_outbox::OutboxError),
     /// The Kafka client could not be created or failed.

@@ -7,6 +7,8 @@
 //! * **Several replicas** — relays share the shards fairly and take over a dead one's shards
 //!   once its lease expires.
 //! * **Poison rows** are parked after `max_attempts`, blocking only their own key.
+//! * **Its own tables** — shard leases and members — are the relay's migrations (2001–2999);
+//!   [`migrate`] applies them after the outbox's, as the relay does at start.
 //!
 //! ```no_run
 //! use gregor_config::Env;
@@ -27,6 +29,7 @@ mod http;
 mod lease;
 mod metrics;
 mod publish;
+mod schema;
 mod store;
 mod trace;
 
@@ -43,7 +46,10 @@ use uuid::Uuid;
 
 pub use config::RelayConfig;
 pub use error::RelayError;
+/// What [`migrate`] returns.
+pub use gregor_pg::PgError;
 pub use metrics::RelayMetrics;
+pub use schema::{MIGRATIONS, migrate};
 
 use claim_loop::{Backoff, ClaimLoop};
 use gregor_telemetry::health::Check;
@@ -208,16 +214,16 @@ impl Relay {
         result
     }
 
-    /// Applies the outbox migrations, retrying while the database is unreachable; a TLS
-    /// failure (certificate not trusted, wrong host name, no TLS under `sslmode=require`)
-    /// ends the start, since retrying cannot fix it.
+    /// Applies the outbox's and the relay's migrations ([`migrate`]), retrying while the
+    /// database is unreachable; a TLS failure (certificate not trusted, wrong host name, no
+    /// TLS under `sslmode=require`) ends the start, since retrying cannot fix it.
     async fn migrate_until_ready(&self, cancel: &CancellationToken) -> Startup {
         let mut backoff = Backoff::default();
         loop {
-            match gregor_outbox::migrate(&self.pool).await {
+            match migrate(&self.pool).await {
                 Ok(()) => return Startup::Ready,
-                Err(e) if e.sqlx().is_some_and(gregor_pg::is_tls_failure) => {
-                    let reason = e.sqlx().map_or_else(|| e.to_string(), ToString::to_string);
+                Err(e) if gregor_pg::is_tls_failure(e.sqlx()) => {
+                    let reason = e.sqlx().to_string();
                     return Startup::Refused(ConfigError::invalid(
                         "DATABASE_URL",
                         format!(
