@@ -15,6 +15,9 @@ use crate::worker::Outcome;
 
 /// The longest `tracestate` continued (W3C Trace Context: 512 characters).
 const MAX_TRACESTATE: usize = 512;
+/// A version-00 `traceparent` is 55 characters; later versions may append fields. Anything
+/// longer than this is not parsed (its parse would split the whole header per message).
+const MAX_TRACEPARENT: usize = 256;
 
 /// The handling span of `msg`, with the OpenTelemetry messaging attributes.
 pub(crate) fn process_span(msg: &OwnedMessage, group: &str, main_topic: bool) -> Span {
@@ -42,7 +45,9 @@ pub(crate) fn process_span(msg: &OwnedMessage, group: &str, main_topic: bool) ->
     if span.is_disabled() {
         return span;
     }
-    if let Some(parent) = h::get_str(headers, h::TRACEPARENT) {
+    if let Some(parent) =
+        h::get_str(headers, h::TRACEPARENT).filter(|p| p.len() <= MAX_TRACEPARENT)
+    {
         // W3C caps tracestate at 512 characters; a longer one is dropped, not carried on.
         let state = h::get_str(headers, h::TRACESTATE).filter(|s| s.len() <= MAX_TRACESTATE);
         if main_topic && h::get_str(headers, h::REPLAYED_AT).is_some() {
