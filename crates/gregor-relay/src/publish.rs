@@ -261,6 +261,7 @@ impl Publisher {
                 }
             }
         }
+        tracing::debug!(records = pending.len(), "records handed to the producer");
         let give_up = tokio::time::Instant::now() + self.wedged_after;
         let mut wedged = false;
         for Pending {
