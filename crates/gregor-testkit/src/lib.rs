@@ -11,10 +11,16 @@
 //! # let _ = db; Ok(()) }
 //! ```
 
+pub mod dockerfile;
+pub mod env;
 pub mod kafka;
 pub mod otlp;
+mod ports;
 pub mod process;
+pub mod readme;
 mod registry;
+pub mod repo;
+mod scratch;
 pub mod services;
 pub mod tls;
 
@@ -23,10 +29,14 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+pub use env::{as_pairs, env_plus};
+pub use ports::free_port;
+pub use readme::ConfigTable;
 pub use registry::PrivateRegistry;
+pub use scratch::scratch_dir;
 pub use services::{
     BrokerOptions, PostgresOptions, PrivateBroker, PrivatePostgres, SaslUser, ScramMechanism,
-    TestDb, database_url, kafka_bootstrap,
+    TestDb, database_url, kafka_bootstrap, with_database,
 };
 pub use tls::{ServerTls, TestCa, TlsFront};
 

@@ -41,7 +41,7 @@ impl PrivateRegistry {
 
     async fn launch(env: Vec<(String, String)>) -> anyhow::Result<Self> {
         let mut registry = Self {
-            port: crate::services::free_port()?,
+            port: crate::free_port()?,
             env,
             proc: None,
         };

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::tls::{ServerTls, TlsFront};
+use crate::{free_port, scratch_dir};
 
 /// `DATABASE_URL`, or a loud failure naming the command that sets it.
 pub fn database_url() -> anyhow::Result<String> {
@@ -86,17 +87,6 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
-}
-
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
-pub(crate) fn scratch_dir(prefix: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(crate::unique_name(prefix));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 pub(crate) async fn wait_port(port: u16, timeout: Duration, what: &str) -> anyhow::Result<()> {

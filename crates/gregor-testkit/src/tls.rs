@@ -32,7 +32,7 @@ impl TestCa {
     /// [`TestCa::generate`] with a server certificate for `subject_alt_names` (openssl's
     /// syntax, e.g. `DNS:localhost`).
     pub fn generate_for(subject_alt_names: &str) -> anyhow::Result<Self> {
-        let dir = crate::services::scratch_dir("test-ca")?;
+        let dir = crate::scratch_dir("test-ca")?;
         let ca = Self { dir };
         // A name of its own, so that two test CAs are told apart by issuer.
         let ca_subject = format!("/CN={}", crate::unique_name("gregor test CA"));
@@ -192,7 +192,7 @@ pub struct TlsFront {
 impl TlsFront {
     /// Listens on a free port (see [`TlsFront::port`]).
     pub fn start(tls: &ServerTls, upstream: u16) -> anyhow::Result<Self> {
-        Self::start_on(crate::services::free_port()?, tls, upstream)
+        Self::start_on(crate::free_port()?, tls, upstream)
     }
 
     /// Listens on `port`.
