@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ANY, Auth, Server, TestDb, delete, get, post, put, run, step, with_auth};
+use common::{ANY, Auth, Server, delete, get, post, put, run, step, test_db, with_auth};
 use serde_json::{Value, json};
 
 /// `Order { id: long }`, written exactly as its canonical text.
@@ -433,7 +433,7 @@ async fn api_in_memory() {
 
 #[tokio::test]
 async fn api_on_postgres() {
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let server = Server::postgres(&db).await;
     run(&server.url, &scenario(), None).await;
     server.stop().await;
@@ -448,7 +448,7 @@ async fn evolution_in_memory() {
 
 #[tokio::test]
 async fn evolution_on_postgres() {
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let server = Server::postgres(&db).await;
     run(&server.url, &evolution(), None).await;
     server.stop().await;
@@ -463,7 +463,7 @@ async fn basic_auth_guards_every_route() {
 
 #[tokio::test]
 async fn postgres_store_survives_a_restart() {
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let server = Server::postgres(&db).await;
     run(
         &server.url,
@@ -499,7 +499,7 @@ async fn postgres_store_survives_a_restart() {
 
 #[tokio::test]
 async fn database_failures_are_50001_without_details() {
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let server = Server::postgres(&db).await;
     run(
         &server.url,
@@ -507,7 +507,8 @@ async fn database_failures_are_50001_without_details() {
         None,
     )
     .await;
-    db.execute(
+    common::execute(
+        &db,
         "DROP TABLE gregor_registry_versions, gregor_registry_schemas, gregor_registry_config",
     )
     .await;
@@ -599,7 +600,7 @@ async fn concurrent_registrations_in_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_registrations_on_postgres() {
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let server = Server::postgres(&db).await;
     concurrent_registrations(&server.url).await;
     server.stop().await;

@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TestDb;
+use common::test_db;
 use serde_json::{Value, json};
 
 /// The hostile request must be refused within this.
@@ -327,7 +327,7 @@ async fn hostile_union_is_refused_quickly_in_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_union_is_refused_quickly_on_postgres() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let registry = Registry::start(&[
         ("GREGOR_REGISTRY_STORAGE", "postgres"),
         ("DATABASE_URL", &db.url),

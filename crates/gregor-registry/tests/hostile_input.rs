@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Server, TestDb};
+use common::{Server, test_db};
 use serde_json::{Value, json};
 
 /// A valid record schema with `doc` and a string default holding `piece`.
@@ -153,7 +153,7 @@ async fn escaped_nul_in_a_default(server: &Server) {
 
 #[tokio::test]
 async fn nul_bytes_are_refused_with_a_4xx_on_postgres() {
-    let db = TestDb::create().await;
+    let db = test_db().await;
     let server = Server::postgres(&db).await;
     no_request_is_a_server_error(&server).await;
     escaped_nul_in_a_default(&server).await;

@@ -3,18 +3,12 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use gregor_config::{DatabaseUrl, Secret};
 use gregor_registry::{BasicAuth, CONTENT_TYPE, RegistryConfig, RegistryError, Storage};
 use serde_json::Value;
-use sqlx::{Connection, Executor, PgConnection};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// Matches any present, non-null value in an expected JSON subset.
 pub const ANY: &str = "<any>";
@@ -44,7 +38,7 @@ impl Server {
     }
 
     pub async fn postgres(db: &TestDb) -> Self {
-        Self::start(db.config()).await
+        Self::start(postgres_config(db)).await
     }
 
     /// Shuts down gracefully and fails the test if serving failed.
@@ -57,103 +51,28 @@ impl Server {
     }
 }
 
-/// A uniquely named database, dropped (with its connections) when this goes out of scope,
-/// even when the test panics.
-pub struct TestDb {
-    pub url: String,
-    admin_url: String,
-    pub name: String,
+/// A fresh database of the workspace's test kit (on the server of `DATABASE_URL`, named
+/// `gregor_t_registry_*`; `./scripts/test` drops those of earlier runs).
+pub use gregor_testkit::TestDb;
+
+/// A database for one test; fails loudly when PostgreSQL is unreachable.
+pub async fn test_db() -> TestDb {
+    TestDb::create("registry")
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is required for these tests: {e:#}"))
 }
 
-impl TestDb {
-    /// Creates the database; panics loudly when PostgreSQL is unreachable.
-    pub async fn create() -> Self {
-        let admin_url = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|u| !u.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_ADMIN_URL.to_owned());
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!(
-            "gregor_registry_test_{}_{nanos}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is required for these tests and {} is unreachable: {e}",
-                DatabaseUrl::parse("DATABASE_URL", &admin_url)
-                    .map(|u| u.redacted().to_owned())
-                    .unwrap_or_default()
-            )
-        });
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        Self {
-            url: with_database(&admin_url, &name),
-            admin_url,
-            name,
-        }
-    }
-
-    pub fn config(&self) -> RegistryConfig {
-        RegistryConfig {
-            storage: Storage::Postgres(DatabaseUrl::parse("DATABASE_URL", &self.url).unwrap()),
-            ..RegistryConfig::default()
-        }
-    }
-
-    /// Runs SQL in the test database.
-    pub async fn execute(&self, sql: &str) {
-        let mut conn = PgConnection::connect(&self.url).await.unwrap();
-        conn.execute(sql).await.unwrap();
-        conn.close().await.unwrap();
+/// The registry configuration storing schemas in `db`.
+pub fn postgres_config(db: &TestDb) -> RegistryConfig {
+    RegistryConfig {
+        storage: Storage::Postgres(DatabaseUrl::parse("DATABASE_URL", &db.url).unwrap()),
+        ..RegistryConfig::default()
     }
 }
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let name = self.name.clone();
-        // Drop may run inside the test's runtime: do the async work on a thread of its own.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let mut admin = PgConnection::connect(&admin_url).await?;
-                admin
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await?;
-                admin.close().await
-            })
-            .map_err(std::io::Error::other)
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) && !std::thread::panicking() {
-            panic!("cannot drop test database {}: {dropped:?}", self.name);
-        }
-    }
-}
-
-/// The admin URL with its database replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (main, query) = match rest.split_once('?') {
-        Some((main, query)) => (main, Some(query)),
-        None => (rest, None),
-    };
-    let authority = main.split('/').next().unwrap();
-    match query {
-        Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
-        None => format!("{scheme}://{authority}/{name}"),
-    }
+/// Runs SQL in the test database.
+pub async fn execute(db: &TestDb, sql: &str) {
+    sqlx::raw_sql(sql).execute(&db.pool).await.unwrap();
 }
 
 /// A memory-backed config with basic auth.
