@@ -3,11 +3,12 @@
 #   docker build -t gregor-relay .                          # gregor-relay + the gregor CLI (default)
 #   docker build --target examples -t gregor-examples .     # order-service + shipping-service
 #
-# tests/dockerfile_recipe.rs renders these steps into a shell script and runs it on the CI
-# machine (which has no Docker): it builds with the cargo command lines below, verbatim, lays
-# the final stage out in a scratch "image root" and runs the binaries there as the image's
-# user, including the HEALTHCHECK against a real relay. Keep to the instructions and commands
-# that renderer knows (it fails loudly on anything else); see docs/adr/0008-packaging.md.
+# There is no Docker on the CI machine: hadolint lints this file (tests/dockerfile_lint.rs,
+# ignore list in .hadolint.yaml) and tests/image_contract.rs holds it to the repository — a
+# numeric non-root USER, EXPOSE and the HEALTHCHECK on GREGOR_RELAY_HTTP_ADDR's port (the
+# check runs verbatim against a live relay), the runtime packages the binaries' libraries
+# need, and a .dockerignore that keeps every build input. See docs/adr/0008-packaging.md and
+# docs/adr/0014-test-machinery-tools.md.
 
 # The toolchain of rust-toolchain.toml; the runtime is the same Debian release, so the
 # binaries find the shared libraries they were linked against.
@@ -26,11 +27,11 @@ WORKDIR /src
 ENV CARGO_TARGET_DIR=/src/target
 COPY . .
 RUN cargo build --release --locked -p gregor-relay -p gregor-cli \
- && install -D -m 0755 -t /out $CARGO_TARGET_DIR/release/gregor-relay $CARGO_TARGET_DIR/release/gregor
+ && install -D -m 0755 -t /out "$CARGO_TARGET_DIR/release/gregor-relay" "$CARGO_TARGET_DIR/release/gregor"
 
 FROM builder AS examples-builder
 RUN cargo build --release --locked -p order-service -p shipping-service \
- && install -D -m 0755 -t /out $CARGO_TARGET_DIR/release/order-service $CARGO_TARGET_DIR/release/shipping-service
+ && install -D -m 0755 -t /out "$CARGO_TARGET_DIR/release/order-service" "$CARGO_TARGET_DIR/release/shipping-service"
 
 # ---- runtime --------------------------------------------------------------------------------
 FROM ${RUNTIME_IMAGE} AS runtime
