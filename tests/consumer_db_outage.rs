@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use gregor_consumer::{Consumer, Context, Event, HandlerError, Raw, RouteOptions};
-use gregor_integration_tests::{InProcessConsumer, consumer_config, free_port};
+use gregor_integration_tests::{InProcessConsumer, consumer_config};
+use gregor_testkit::free_port;
 use gregor_testkit::kafka::{self, Record};
 use gregor_testkit::{PrivatePostgres, TestDb, unique_name, wait_until};
 use gregor_wire::headers as h;

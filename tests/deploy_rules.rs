@@ -6,10 +6,11 @@
 //! Needs `promtool` (Debian's prometheus package, installed by `./scripts/services up`); a
 //! missing promtool fails the test, it never skips.
 
-use gregor_integration_tests::repo::{self, read, root};
+use gregor_testkit::repo::{read, root};
+use gregor_testkit::scratch_dir;
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// Counters and gauges the relay and consumers expose (README, issue "Observability").
@@ -39,10 +40,6 @@ const HISTOGRAMS: &[&str] = &[
     "gregor_relay_publish_latency_seconds",
     "gregor_consumer_handle_seconds",
 ];
-
-fn scratch(tag: &str) -> PathBuf {
-    repo::scratch("deploy", tag)
-}
 
 /// Runs `promtool <args>`; returns whether it succeeded and its stdout + stderr.
 fn promtool(args: &[&str], dir: &Path) -> (bool, String) {
@@ -85,12 +82,12 @@ fn alert_rules_pass_promtool_checks_and_unit_tests() {
 }
 
 #[test]
-fn promtool_rejects_broken_rules_and_wrong_expectations() {
-    let alerts = read("deploy/prometheus/alerts.yml");
-    let tests = read("deploy/prometheus/alerts_test.yml");
+fn promtool_rejects_broken_rules_and_wrong_expectations() -> anyhow::Result<()> {
+    let alerts = read("deploy/prometheus/alerts.yml")?;
+    let tests = read("deploy/prometheus/alerts_test.yml")?;
     let age_expr = "max(gregor_outbox_oldest_age_seconds) > 60";
 
-    let base = scratch("rejects");
+    let base = scratch_dir("gregor-deploy-rejects")?;
 
     // Invalid PromQL.
     let dir = base.join("bad-expr");
@@ -130,6 +127,7 @@ fn promtool_rejects_broken_rules_and_wrong_expectations() {
     assert!(out.contains("GregorOutboxAgeHigh"), "{out}");
 
     let _ = std::fs::remove_dir_all(&base);
+    Ok(())
 }
 
 /// Metric names (identifiers starting with `gregor_`) in a PromQL expression, outside string
@@ -196,9 +194,9 @@ fn target_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
 }
 
 #[test]
-fn dashboard_queries_use_the_metrics_contract_and_parse() {
+fn dashboard_queries_use_the_metrics_contract_and_parse() -> anyhow::Result<()> {
     let dash: serde_json::Value =
-        serde_json::from_str(&read("deploy/grafana/gregor-dashboard.json")).expect("valid JSON");
+        serde_json::from_str(&read("deploy/grafana/gregor-dashboard.json")?).expect("valid JSON");
     assert_eq!(dash["uid"], "gregor-overview");
     assert!(dash["schemaVersion"].as_u64().expect("schemaVersion") >= 39);
     let vars = dash["templating"]["list"].as_array().expect("templating");
@@ -236,11 +234,12 @@ fn dashboard_queries_use_the_metrics_contract_and_parse() {
             "      - record: dashboard:query_{i}\n        expr: {quoted}\n"
         ));
     }
-    let dir = scratch("dashboard");
+    let dir = scratch_dir("gregor-deploy-dashboard")?;
     std::fs::write(dir.join("dashboard_rules.yml"), rules).expect("writing dashboard_rules.yml");
     let (ok, out) = promtool(&["check", "rules", "dashboard_rules.yml"], &dir);
     assert!(ok, "a dashboard query does not parse:\n{out}");
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 /// GitHub's anchor for a Markdown heading.
@@ -255,10 +254,10 @@ fn anchor(heading: &str) -> String {
 }
 
 #[test]
-fn every_alert_has_a_runbook_unit_tests_and_known_metrics() {
-    let alerts = read("deploy/prometheus/alerts.yml");
-    let tests = read("deploy/prometheus/alerts_test.yml");
-    let runbooks = read("docs/runbooks.md");
+fn every_alert_has_a_runbook_unit_tests_and_known_metrics() -> anyhow::Result<()> {
+    let alerts = read("deploy/prometheus/alerts.yml")?;
+    let tests = read("deploy/prometheus/alerts_test.yml")?;
+    let runbooks = read("docs/runbooks.md")?;
 
     let names: Vec<&str> = alerts
         .lines()
@@ -319,4 +318,5 @@ fn every_alert_has_a_runbook_unit_tests_and_known_metrics() {
             );
         }
     }
+    Ok(())
 }

@@ -6,7 +6,8 @@
 //! rendered object must be covered by one of the two. Then the operational rules: relay
 //! replicas ≥ 2 and probes on its metrics port, a grace period longer than the shutdown
 //! timeouts of the ConfigMaps, non-root read-only containers running the Dockerfile's user,
-//! a PDB that selects the relay pods, a ScaledObject that scales the consumer Deployment on its
+//! the relay image's port (the Dockerfile's EXPOSE) as the metrics port, a PDB that selects
+//! the relay pods, a ScaledObject that scales the consumer Deployment on its
 //! own group and topic, and only documented variables in the ConfigMaps.
 //!
 //! Broken copies (a `replicas: "two"`, a missing required field, an unknown field, a
@@ -18,7 +19,9 @@
 //! `.services/tools/venv`, through the same script. A missing tool fails the test with that
 //! command.
 
-use gregor_integration_tests::repo::{self, read, root};
+use gregor_testkit::ConfigTable;
+use gregor_testkit::dockerfile::Dockerfile;
+use gregor_testkit::repo::root;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -53,8 +56,9 @@ const CRD_SCHEMAS: &[(&str, &str, &str)] = &[
 const INSTALL: &str = "run ./scripts/services up (it installs kubernetes-validate and \
     check-jsonschema from PyPI and unpacks Debian's kubernetes-client into .services/tools)";
 
-fn scratch(tag: &str) -> PathBuf {
-    repo::scratch("k8s", tag)
+/// A repository file; a test failure naming it when unreadable.
+fn read(rel: &str) -> String {
+    gregor_testkit::repo::read(rel).expect("a repository file")
 }
 
 /// Runs a tool; returns success and stdout + stderr. A missing tool fails loudly.
@@ -142,7 +146,8 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
 
 /// Validates every object; `Err` carries the validators' complaints.
 fn validate(docs: &[Value], tag: &str) -> Result<(), String> {
-    let dir = scratch(tag);
+    let dir =
+        gregor_testkit::scratch_dir(&format!("gregor-k8s-{tag}")).expect("a scratch directory");
     let mut builtin = Vec::new();
     let mut custom: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (i, doc) in docs.iter().enumerate() {
@@ -186,35 +191,6 @@ fn validate(docs: &[Value], tag: &str) -> Result<(), String> {
     } else {
         Err(errors.join("\n"))
     }
-}
-
-/// Variables of README's Configuration table (exact names and `FOO_*` prefixes).
-fn documented(var: &str) -> bool {
-    let readme = read("README.md");
-    let section = readme
-        .split("\n## Configuration")
-        .nth(1)
-        .expect("README has a Configuration section");
-    let section = section.split("\n## ").next().unwrap_or(section);
-    let mut names = BTreeSet::new();
-    let mut prefixes = Vec::new();
-    for line in section.lines().filter(|l| l.starts_with("| `")) {
-        let first_cell = line.split('|').nth(1).unwrap_or("");
-        for (i, token) in first_cell.split('`').enumerate() {
-            if i % 2 == 1 {
-                match token.strip_suffix('*') {
-                    Some(prefix) => prefixes.push(prefix.to_owned()),
-                    None => {
-                        names.insert(token.to_owned());
-                    }
-                }
-            }
-        }
-    }
-    names.contains(var)
-        || prefixes.iter().any(|p| var.starts_with(p.as_str()))
-        || var.starts_with("KAFKA_")
-        || var.starts_with("OTEL_")
 }
 
 /// The port of `host:port`.
@@ -276,18 +252,29 @@ fn container_env(
     env
 }
 
-/// The Dockerfile's runtime user (`USER <uid>[:<gid>]` of the relay stage).
-fn dockerfile_uid() -> i64 {
-    let dockerfile = read("Dockerfile");
-    let user = dockerfile
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("USER "))
-        .next_back()
-        .expect("the Dockerfile sets USER");
-    user.split(':')
+/// The relay image's user (`USER <uid>[:<gid>]`, numeric: runAsNonRoot can only check a
+/// numeric user) and the port it EXPOSEs.
+fn relay_image() -> (i64, u16) {
+    let dockerfile = Dockerfile::load().expect("the Dockerfile reads");
+    let setting = |keyword: &str| {
+        dockerfile
+            .effective("relay", keyword)
+            .expect("a relay stage")
+            .unwrap_or_else(|| panic!("the relay stage has no {keyword}"))
+            .args
+            .clone()
+    };
+    let uid = setting("USER")
+        .split(':')
         .next()
         .and_then(|u| u.trim().parse().ok())
-        .expect("the Dockerfile's USER is numeric (runAsNonRoot can only check a numeric user)")
+        .expect("the Dockerfile's USER is numeric");
+    let port = setting("EXPOSE")
+        .split('/')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the relay image EXPOSEs one port");
+    (uid, port)
 }
 
 /// The operational rules; empty when all hold.
@@ -327,7 +314,8 @@ fn semantic_problems(docs: &[Value]) -> Vec<String> {
         ));
     }
 
-    let uid = dockerfile_uid();
+    let (uid, image_port) = relay_image();
+    let readme = ConfigTable::load().expect("README's Configuration table");
     let workloads = [
         (
             "gregor-relay",
@@ -355,7 +343,7 @@ fn semantic_problems(docs: &[Value]) -> Vec<String> {
         };
         let env = container_env(docs, container, &mut problems);
         for var in env.keys() {
-            if !documented(var) {
+            if !readme.documents(var) {
                 problems.push(format!(
                     "Deployment/{name}: {var} is not a variable of README's Configuration table"
                 ));
@@ -385,6 +373,11 @@ fn semantic_problems(docs: &[Value]) -> Vec<String> {
         if http_port.is_none() || http_port != container_port {
             problems.push(format!(
                 "Deployment/{name}: container port `metrics` {container_port:?} is not {addr_var}'s port {http_port:?}"
+            ));
+        }
+        if name == "gregor-relay" && container_port != Some(image_port) {
+            problems.push(format!(
+                "Deployment/{name}: container port `metrics` {container_port:?} is not the port the relay image EXPOSEs ({image_port})"
             ));
         }
         for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
@@ -799,6 +792,16 @@ fn the_semantic_rules_reject_broken_manifests() {
             );
         }),
         "container port `metrics` Some(9464) is not GREGOR_RELAY_HTTP_ADDR's port Some(9474)",
+    );
+    check(
+        mutated(&docs, "Deployment", "gregor-relay", |d| {
+            set(
+                d,
+                "spec.template.spec.containers.0.ports.0.containerPort",
+                Value::from(9474),
+            );
+        }),
+        "is not the port the relay image EXPOSEs (9464)",
     );
     check(
         mutated(&docs, "PodDisruptionBudget", "gregor-relay", |d| {

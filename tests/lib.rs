@@ -69,11 +69,6 @@ pub fn relay_env(database_url: &str, bootstrap: &str) -> Vec<(String, String)> {
     ]
 }
 
-/// Borrowed view of an owned env list, for `gregor_testkit::process`.
-pub fn as_pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
-    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
 /// A consumer running inside the test process; stopped (gracefully) on drop.
 #[derive(Debug)]
 pub struct InProcessConsumer {
@@ -138,46 +133,4 @@ pub fn consumer_config(
         env = env.with(*k, *v);
     }
     Ok(gregor_consumer::ConsumerConfig::from_env(&env)?)
-}
-
-/// Files of the repository, and scratch directories, for the tests that check them.
-pub mod repo {
-    use std::path::{Path, PathBuf};
-
-    /// The workspace root.
-    pub fn root() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| panic!("the tests package lives in the workspace"))
-    }
-
-    /// A repository file's text (`rel` from the root); panics naming the file when unreadable.
-    pub fn read(rel: &str) -> String {
-        let path = root().join(rel);
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-    }
-
-    /// A fresh scratch directory `gregor-<kind>-<pid>-<tag>` under the temp directory.
-    pub fn scratch(kind: &str, tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("gregor-{kind}-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        dir
-    }
-}
-
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// `common` followed by `extra`: the environment of one spawned process.
-pub fn env_plus<'a>(
-    common: &[(&'a str, &'a str)],
-    extra: &[(&'a str, &'a str)],
-) -> Vec<(&'a str, &'a str)> {
-    common.iter().chain(extra).copied().collect()
 }

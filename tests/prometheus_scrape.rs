@@ -5,7 +5,7 @@
 //!
 //! Needs `prometheus` (installed by `./scripts/services up`); missing, the test fails.
 
-use gregor_integration_tests::{env_plus, free_port};
+use gregor_testkit::{env_plus, free_port};
 use std::io::ErrorKind;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

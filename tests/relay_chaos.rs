@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use gregor_integration_tests::{as_pairs, relay_env};
+use gregor_integration_tests::relay_env;
 use gregor_outbox::{OutboxMessage, enqueue_batch};
+use gregor_testkit::as_pairs;
 use gregor_testkit::process::Proc;
 use gregor_testkit::{TestDb, kafka, kafka_bootstrap, unique_name, wait_until};
 use rand::Rng;

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use gregor_integration_tests::{as_pairs, relay_env};
+use gregor_integration_tests::relay_env;
+use gregor_testkit::as_pairs;
 use gregor_testkit::process::{self, Proc};
 use gregor_testkit::{TestDb, kafka, kafka_bootstrap, unique_name, wait_until};
 

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use gregor_config::{BrokerStatus, ConfigError, Env, KafkaSettings};
 use gregor_consumer::{Consumer, Context, Event, HandlerError, Raw};
-use gregor_integration_tests::{InProcessConsumer, as_pairs, consumer_config, relay_env};
+use gregor_integration_tests::{InProcessConsumer, consumer_config, relay_env};
 use gregor_outbox::{OutboxMessage, enqueue};
+use gregor_testkit::as_pairs;
 use gregor_testkit::process::{self, Proc};
 use gregor_testkit::{
     BrokerOptions, PrivateBroker, SaslUser, ScramMechanism, TestCa, TestDb, kafka, unique_name,

@@ -7,8 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use gregor_integration_tests::{as_pairs, relay_env};
+use gregor_integration_tests::relay_env;
 use gregor_outbox::{OutboxMessage, enqueue};
+use gregor_testkit::as_pairs;
 use gregor_testkit::process::{self, Proc};
 use gregor_testkit::{
     PostgresOptions, PrivatePostgres, TestCa, kafka, kafka_bootstrap, unique_name, wait_until,

@@ -4,13 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use gregor_integration_tests::repo::scratch;
 use gregor_torture::plan::{Options, Sabotage};
 use gregor_torture::run::run;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_seeds_keep_every_promise_and_a_sabotaged_consumer_is_caught() -> anyhow::Result<()> {
-    let out = scratch("torture", "ci");
+    let out = gregor_testkit::scratch_dir("gregor-torture-ci")?;
     for seed in [1, 2] {
         let options = Options {
             seed,

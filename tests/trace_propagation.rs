@@ -3,7 +3,7 @@
 //! protobuf and checks trace ids, parent/child links and the messaging attributes — for a
 //! direct delivery and for one that takes a retry hop.
 
-use gregor_integration_tests::{env_plus, free_port};
+use gregor_testkit::{env_plus, free_port};
 use std::time::Duration;
 
 use gregor_testkit::otlp::{OtlpReceiver, ReceivedSpan, kind};
