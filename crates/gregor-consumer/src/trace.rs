@@ -45,8 +45,7 @@ pub(crate) fn process_span(msg: &OwnedMessage, group: &str, main_topic: bool) ->
     if span.is_disabled() {
         return span;
     }
-    if let Some(parent) =
-        h::get_str(headers, h::TRACEPARENT).filter(|p| p.len() <= MAX_TRACEPARENT)
+    if let Some(parent) = h::get_str(headers, h::TRACEPARENT).filter(|p| p.len() <= MAX_TRACEPARENT)
     {
         // W3C caps tracestate at 512 characters; a longer one is dropped, not carried on.
         let state = h::get_str(headers, h::TRACESTATE).filter(|s| s.len() <= MAX_TRACESTATE);
