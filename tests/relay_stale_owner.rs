@@ -13,8 +13,9 @@
 
 use std::time::Duration;
 
-use gregor_integration_tests::{as_pairs, relay_env};
+use gregor_integration_tests::relay_env;
 use gregor_outbox::{OutboxMessage, enqueue};
+use gregor_testkit::as_pairs;
 use gregor_testkit::process::Proc;
 use gregor_testkit::{TestDb, kafka, kafka_bootstrap, unique_name, wait_until};
 use sqlx::PgPool;
