@@ -68,7 +68,7 @@ mod runtime;
 mod trace;
 mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -176,7 +176,7 @@ impl ConsumerBuilder {
         if self.routes.is_empty() {
             return Err(ConsumerError::NoRoutes);
         }
-        let mut routes = HashMap::new();
+        let mut routes = rustc_hash::FxHashMap::default();
         let mut topics = Vec::new();
         for (topic, entry) in self.routes {
             topics.push(topic.clone());

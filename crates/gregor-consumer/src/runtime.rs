@@ -1,7 +1,7 @@
 //! The poll loop: receives messages, hands each partition's messages to its lanes, pauses a
 //! partition whose lanes are full, commits watermarks, and stops cleanly.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -12,6 +12,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaResult;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
+use rustc_hash::FxHashMap as HashMap;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -229,9 +230,9 @@ impl PollLoop {
         let progress = self.worker.progress.clone();
         // Lanes stop on this token (a child, so revokes can stop some of them).
         let lanes_token = shutdown.child_token();
-        let mut partitions: HashMap<PartKey, Partition> = HashMap::new();
+        let mut partitions: HashMap<PartKey, Partition> = HashMap::default();
         // `gregor_consumer_consumed_total` per topic, resolved once per topic.
-        let mut consumed: HashMap<String, prometheus::IntCounter> = HashMap::new();
+        let mut consumed: HashMap<String, prometheus::IntCounter> = HashMap::default();
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The wake-up futures live across iterations: building and dropping them for every
@@ -256,16 +257,18 @@ impl PollLoop {
                 }
                 received = self.consumer.recv() => match received {
                     Ok(m) => {
-                        match consumed.get(m.topic()) {
+                        // Counted on the detached copy: the borrowed message re-validates its
+                        // topic name as UTF-8 on every `topic()` call.
+                        let msg = m.detach();
+                        match consumed.get(msg.topic()) {
                             Some(counter) => counter.inc(),
                             None => {
                                 let counter =
-                                    self.worker.metrics.consumed.with_label_values(&[m.topic()]);
+                                    self.worker.metrics.consumed.with_label_values(&[msg.topic()]);
                                 counter.inc();
-                                consumed.insert(m.topic().to_owned(), counter);
+                                consumed.insert(msg.topic().to_owned(), counter);
                             }
                         }
-                        let msg = m.detach();
                         self.dispatch(&mut partitions, msg, &lanes_token);
                     }
                     Err(e) => tracing::warn!(error = %e, "consumer error; librdkafka retries"),

@@ -2,7 +2,7 @@
 //! transaction, then carry out the [`router`]'s decision: back off in place, wait out an
 //! outage, forward to the next retry tier or dead-letter.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -97,8 +97,8 @@ fn worker_without_routes(bootstrap: &str, group: &str) -> Worker {
     .unwrap();
     Worker {
         group: Arc::from(group),
-        routes: HashMap::new(),
-        hot: HashMap::new(),
+        routes: Default::default(),
+        hot: Default::default(),
         pool: None,
         forwarder: Arc::new(forwarder),
         offsets: Arc::new(Offsets::default()),
