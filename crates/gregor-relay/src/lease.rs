@@ -51,7 +51,9 @@ pub(crate) struct Leases {
     relay_id: Uuid,
     ttl: Duration,
     held: Mutex<BTreeMap<i16, Held>>,
-    /// Signalled whenever the set of publishable shards changes.
+    /// Signalled whenever the set of publishable shards changes. The claim loop is its only
+    /// waiter; a change while the loop is busy (a pending delete, a publish) leaves a permit,
+    /// so its next wait returns at once instead of sleeping a poll interval.
     pub(crate) changed: Notify,
     /// Bumped with every change of the leases held (acquired, lost, marked, released): a scan
     /// pass that saw another version starts again from the head.
@@ -133,7 +135,7 @@ impl Leases {
 
     fn bump(&self) {
         self.version.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
+        self.changed.notify_one();
     }
 
     /// The version of the leases held (see `version`).
