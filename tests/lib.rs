@@ -134,3 +134,21 @@ pub fn consumer_config(
     }
     Ok(gregor_consumer::ConsumerConfig::from_env(&env)?)
 }
+
+/// The id a relay process named `name` registered under in `gregor_relay_members` (waits for
+/// it to register).
+pub async fn relay_id(pool: &sqlx::PgPool, name: &str) -> anyhow::Result<uuid::Uuid> {
+    gregor_testkit::wait_until(
+        Duration::from_secs(30),
+        &format!("relay {name} to register"),
+        || async {
+            Ok(
+                sqlx::query_scalar("SELECT relay_id FROM gregor_relay_members WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await?,
+            )
+        },
+    )
+    .await
+}

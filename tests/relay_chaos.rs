@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use gregor_integration_tests::relay_env;
+use gregor_integration_tests::{relay_env, relay_id};
 use gregor_outbox::{OutboxMessage, enqueue_batch};
 use gregor_testkit::as_pairs;
 use gregor_testkit::process::Proc;
@@ -204,22 +204,6 @@ async fn wait_published(pool: &PgPool, enqueued: &AtomicU64, at_least: u64) -> a
         Duration::from_secs(120),
         &format!("{at_least} events published"),
         || async { Ok((published(pool, enqueued).await? >= at_least).then_some(())) },
-    )
-    .await
-}
-
-async fn relay_id(pool: &PgPool, name: &str) -> anyhow::Result<uuid::Uuid> {
-    wait_until(
-        Duration::from_secs(30),
-        &format!("relay {name} to register"),
-        || async {
-            Ok(
-                sqlx::query_scalar("SELECT relay_id FROM gregor_relay_members WHERE name = $1")
-                    .bind(name)
-                    .fetch_optional(pool)
-                    .await?,
-            )
-        },
     )
     .await
 }

@@ -64,9 +64,25 @@ async fn rows_dropped_at_a_lapsed_lease_go_out_before_later_rows_of_their_key() 
             .payload(i.to_string().into_bytes())
     });
     enqueue_batch(&mut tx, msgs).await?;
-    // The relay's claim (woken by its poll) and its next renewal now wait on the locks. The
-    // wait below is the fault itself — locks held past the ttl — not a synchronisation.
-    tokio::time::sleep(Duration::from_millis(TTL_MS + 1_500)).await;
+    // The relay's claim (woken by its poll) and its next renewal now wait on the locks. Hold
+    // them until every lease has expired in the database (read inside this transaction, which
+    // holds the lock): the relay's own deadline, on its monotonic clock, is earlier still.
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM gregor_relay_leases WHERE expires_at > clock_timestamp()",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if live == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < give_up,
+            "the relay's leases did not expire within 30 s of locking the lease table"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tx.commit().await?;
 
     let received = kafka::read_topic(&topic, ROWS, Duration::from_secs(30)).await?;

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use gregor_integration_tests::relay_env;
+use gregor_integration_tests::{relay_env, relay_id};
 use gregor_outbox::{OutboxMessage, enqueue};
 use gregor_testkit::as_pairs;
 use gregor_testkit::process::Proc;
@@ -43,18 +43,6 @@ async fn owned_by(pool: &PgPool, relay: Uuid) -> anyhow::Result<i64> {
     .bind(relay)
     .fetch_one(pool)
     .await?)
-}
-
-async fn relay_id(pool: &PgPool, name: &str) -> anyhow::Result<Uuid> {
-    wait_until(WAIT, &format!("relay {name} to register"), || async {
-        Ok(
-            sqlx::query_scalar("SELECT relay_id FROM gregor_relay_members WHERE name = $1")
-                .bind(name)
-                .fetch_optional(pool)
-                .await?,
-        )
-    })
-    .await
 }
 
 async fn wait_drained(pool: &PgPool) -> anyhow::Result<()> {
